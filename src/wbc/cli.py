@@ -1,0 +1,55 @@
+"""The `wbc` command-line tool. Each subcommand lives in wbc.commands.<name> and exposes
+`HELP` (one line), `add_arguments(parser)` and `run(args) -> int`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: subcommand name -> module under wbc.commands
+COMMANDS = {
+    "synth": "synth",
+    "download": "download",
+    "ingest": "ingest",
+    "dedup": "dedup",
+    "split": "split",
+    "train": "train",
+    "evaluate": "evaluate",
+    "predict": "predict",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wbc", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module in COMMANDS.items():
+        try:
+            mod = importlib.import_module(f"wbc.commands.{module}")
+        except ModuleNotFoundError as exc:  # a command not written yet
+            if exc.name != f"wbc.commands.{module}":
+                raise
+            continue
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # user-facing errors: one clear line, no traceback
+        from wbc.errors import WbcError
+
+        if isinstance(exc, WbcError):
+            print(f"wbc {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
