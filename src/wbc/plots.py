@@ -55,3 +55,32 @@ def image_grid(
                 draw.text((x, y + cell + 1), captions[r][c][:22], fill="black", font=small)
     canvas.save(path, format="PNG", optimize=False)
     return path
+
+
+def class_samples(
+    manifest,
+    store_root: str | Path,
+    path: str | Path,
+    *,
+    per_class: int = 8,
+    seed: int = 0,
+    title: str | None = None,
+) -> Path:
+    """Grid of `per_class` random stored images per label (rows ordered by label, sources mixed).
+
+    `manifest` is the ingest manifest (pandas DataFrame); only stored rows (`shard >= 0`) are drawn.
+    The caption names the source, so real and synthetic parts can be compared at a glance.
+    """
+    import numpy as np
+
+    from wbc.store import ImageStore
+
+    store = ImageStore(store_root)
+    stored = manifest[manifest["shard"] >= 0].sort_values("id")
+    rng = np.random.default_rng(seed)
+    rows, captions = [], []
+    for label, group in stored.groupby("label", sort=True):
+        take = group.iloc[np.sort(rng.choice(len(group), size=min(per_class, len(group)), replace=False))]
+        rows.append((f"{label} ({len(group)})", [store.load_rgb(r) for _, r in take.iterrows()]))
+        captions.append([str(s) for s in take["source"]])
+    return image_grid(rows, path, title=title or "Random stored images per class", captions=captions)
