@@ -18,7 +18,6 @@ import hashlib
 import importlib.resources
 import os
 import re
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -362,7 +361,7 @@ def _fetch_one(source: dict, dest: Path, kind: str, where: str, opts: _Options) 
 def _find_in_folder(source: dict, folder: Path) -> Path:
     """``<mirror>/<file>`` then ``<mirror>/<id>/<file>``; _NotThere when neither exists."""
     if not folder.is_dir():
-        raise _NotThere(f"mirror folder does not exist")
+        raise _NotThere("mirror folder does not exist")
     tried = [folder / source["file"]]
     if source.get("id"):
         tried.append(folder / source["id"] / source["file"])
@@ -380,7 +379,6 @@ def _copy_local(src: Path, part: Path, progress: bool) -> tuple[str, str]:
             fout.write(chunk)
             hasher.update(chunk)
             bar.update(len(chunk))
-    shutil.copystat(src, part, follow_symlinks=True)
     return str(src), hasher.hexdigest()
 
 
@@ -477,9 +475,9 @@ def _check_status(resp: requests.Response, mirror: bool) -> None:
     if code >= 500 or code in (408, 429):
         raise _Retryable(f"HTTP {code} {resp.reason}")
     if code == 404 and mirror:
-        raise _NotThere(f"HTTP 404 Not Found")
+        raise _NotThere("HTTP 404 Not Found")
     if code == 404:
-        raise DownloadError(f"HTTP 404 Not Found: the file is not at this URL (moved or removed?)")
+        raise DownloadError("HTTP 404 Not Found: the file is not at this URL (moved or removed?)")
     if code >= 400 and code != 416:
         raise DownloadError(f"HTTP {code} {resp.reason}")
 
