@@ -132,6 +132,6 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: str | Path, tit
         fig.suptitle(title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, metadata={"Software": None})
+    fig.savefig(path, dpi=100, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     return path

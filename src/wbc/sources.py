@@ -297,6 +297,9 @@ def fetch(source: dict, dest_dir: str | Path, mirror: str | Path | None = None, 
     """
     if source.get("generator"):
         raise ConfigError(f"source {source.get('id')!r} is generated ({source['generator']}), not downloaded")
+    if timeout <= 0 or retries < 0 or backoff < 0:
+        raise ConfigError(f"download needs timeout > 0, retries >= 0, backoff >= 0 "
+                          f"(got {timeout}, {retries}, {backoff})")
     dest = Path(dest_dir) / source["file"]
     dest.parent.mkdir(parents=True, exist_ok=True)
     existing = _reuse_existing(source, dest)
@@ -310,7 +313,7 @@ def fetch(source: dict, dest_dir: str | Path, mirror: str | Path | None = None, 
         except (_NotThere, DownloadError) as exc:
             if isinstance(exc, ChecksumError):
                 raise
-            failures.append(f"{where}: {exc}")
+            failures.append(f"{'origin' if kind == 'http' else 'mirror'} {where}: {exc}")
     raise DownloadError(_failure_message(source, failures, mirror))
 
 
@@ -361,7 +364,7 @@ def _fetch_one(source: dict, dest: Path, kind: str, where: str, opts: _Options) 
 def _find_in_folder(source: dict, folder: Path) -> Path:
     """``<mirror>/<file>`` then ``<mirror>/<id>/<file>``; _NotThere when neither exists."""
     if not folder.is_dir():
-        raise _NotThere("mirror folder does not exist")
+        raise _NotThere("folder does not exist")
     tried = [folder / source["file"]]
     if source.get("id"):
         tried.append(folder / source["id"] / source["file"])
@@ -447,7 +450,8 @@ def _download(url: str, part: Path, opts: _Options, mirror: bool = False) -> str
                 return _attempt(session, url, part, opts, mirror)
             except _Retryable as exc:
                 if attempt == opts.retries:
-                    raise DownloadError(f"{exc} (gave up after {opts.retries + 1} tries)") from None
+                    tries = opts.retries + 1
+                    raise DownloadError(f"{exc} (gave up after {tries} {'try' if tries == 1 else 'tries'})") from None
                 time.sleep(opts.backoff * 2 ** attempt)
     raise AssertionError("unreachable")
 
@@ -542,5 +546,12 @@ def _reason(exc: BaseException) -> str:
     text = str(reason)
     text = re.sub(r"<[\w.]+ object at 0x[0-9a-f]+>:?\s*", "", text)
     text = re.sub(r"\(Caused by \w+\((.*)\)\)$", r"\1", text)
-    kind = "timed out" if isinstance(exc, requests.Timeout) else type(exc).__name__
+    if isinstance(exc, requests.Timeout):
+        kind = "timed out"
+    elif isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        kind = "connection broken"
+    elif isinstance(exc, requests.ConnectionError):
+        kind = "connection failed"
+    else:
+        kind = type(exc).__name__
     return f"{kind}: {text.strip() or type(inner).__name__}"

@@ -194,9 +194,8 @@ class Assignment:
 
     @property
     def sets(self) -> list[str]:
-        """Set names present: train, val, test, then the external sets (sorted)."""
-        present = set(self.frame["split"])
-        return [s for s in POOL_SETS if s in present] + sorted(present - set(POOL_SETS))
+        """Set names: train, val, test (always, possibly empty), then the external sets (sorted)."""
+        return list(POOL_SETS) + sorted(set(self.frame["split"]) - set(POOL_SETS))
 
 
 def assign_splits(
@@ -216,7 +215,7 @@ def assign_splits(
     """
     if mode not in MODES:
         raise ConfigError(f"split.mode must be one of {', '.join(MODES)}, got {mode!r}")
-    frame = kept[["id", "source", "role", "label"]].copy().reset_index(drop=True)
+    frame = kept[["id", "source", "role", "label"]].sort_values("id", kind="stable").reset_index(drop=True)
     split = pd.Series("", index=frame.index, dtype=object)
     external = frame["role"] == "external"
     if mode == "given":
@@ -261,17 +260,23 @@ def audit_leakage(
 
 
 def loaders_by_set(assignment: Assignment, kept: pd.DataFrame, store_root: str | Path) -> dict[str, Any]:
-    """`{set: (load_fn, ids)}` for `cross_duplicates`: load_fn(id) -> RGB image from the store."""
+    """`{set: (load_fn, ids)}` for `cross_duplicates`: load_fn(id) -> the image's stored bytes."""
     from wbc.store import ImageStore
 
     store = ImageStore(store_root)
-    rows = kept.set_index("id")[["shard", "offset", "length"]]
+    locs = _locations(kept)
 
-    def load(image_id: str) -> Image.Image:
-        return store.load_rgb(rows.loc[image_id])
+    def load(image_id: str) -> bytes:
+        return store.read(*locs[image_id])
 
     frame = assignment.frame
     return {s: (load, frame.loc[frame["split"] == s, "id"].tolist()) for s in assignment.sets}
+
+
+def _locations(kept: pd.DataFrame) -> dict[str, tuple[int, int, int]]:
+    """id -> (shard, offset, length) in the image store."""
+    cols = [kept[c].astype("int64").tolist() for c in ("shard", "offset", "length")]
+    return dict(zip(kept["id"], zip(*cols)))
 
 
 def summarize_audit(pairs: pd.DataFrame, examples: int = 20) -> dict[str, Any]:
@@ -313,28 +318,27 @@ def _init_worker(store_root: str, size: int) -> None:
     _WORKER["size"] = size
 
 
-def _prepare(loc: tuple[int, int, int]) -> np.ndarray:
+def _prepare(item: tuple[str, tuple[int, int, int]]) -> np.ndarray:
     from wbc.store import decode_image
 
-    data = _WORKER["store"].read(*loc)
-    return square_resize(decode_image(data), _WORKER["size"])
+    image_id, loc = item
+    try:
+        return square_resize(decode_image(_WORKER["store"].read(*loc)), _WORKER["size"])
+    except WbcError as exc:
+        raise WbcError(f"{image_id}: {exc}") from None
 
 
-def _prepared(locs: list[tuple[int, int, int]], store_root: str, size: int, workers: int) -> Iterator[np.ndarray]:
-    """Decoded, cropped, resized images in the order of `locs` (parallel when workers > 1)."""
-    if workers <= 1 or len(locs) < 64:
+def _prepared(items: list[tuple[str, tuple[int, int, int]]], store_root: str, size: int,
+              workers: int) -> Iterator[np.ndarray]:
+    """Decoded, cropped, resized images of (id, location) items, in order (parallel when workers > 1)."""
+    if workers <= 1 or len(items) < 64:
         _init_worker(store_root, size)
-        yield from map(_prepare, locs)
+        yield from map(_prepare, items)
         return
     with get_context("fork" if os.name == "posix" else "spawn").Pool(
         workers, initializer=_init_worker, initargs=(store_root, size)
     ) as pool:
-        yield from pool.imap(_prepare, locs, chunksize=16)
-
-
-def resolve_workers(workers: int | None) -> int:
-    """0 or None = all cores."""
-    return int(workers) if workers and int(workers) > 0 else (os.cpu_count() or 1)
+        yield from pool.imap(_prepare, items, chunksize=16)
 
 
 def pack(
@@ -353,17 +357,19 @@ def pack(
     """
     if int(image_size) < 8:
         raise ConfigError(f"split.image_size must be >= 8, got {image_size!r}")
-    size, n_workers = int(image_size), resolve_workers(workers)
+    from wbc.dedup import n_workers
+
+    size, workers = int(image_size), n_workers(int(workers or 0))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for stale in [*out.glob("*_x.npy"), *out.glob("*_y.npy"), out / "meta.json"]:
         stale.unlink(missing_ok=True)
-    locs = kept.set_index("id")[["shard", "offset", "length"]]
+    locs = _locations(kept)
     frame = assignment.frame
     counts: dict[str, int] = {}
     for name in assignment.sets:
         rows = frame[frame["split"] == name].sort_values("index")
-        counts[name] = _pack_set(rows, locs, str(store_root), out, name, size, n_workers)
+        counts[name] = _pack_set(rows, locs, str(store_root), out, name, size, workers)
     external = [s for s in assignment.sets if s not in POOL_SETS]
     meta = {
         "classes": list(LABELS), "image_size": size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
@@ -373,11 +379,11 @@ def pack(
     return meta
 
 
-def _pack_set(rows: pd.DataFrame, locs: pd.DataFrame, store_root: str, out: Path, name: str, size: int,
+def _pack_set(rows: pd.DataFrame, locs: Mapping[str, tuple[int, int, int]], store_root: str, out: Path, name: str, size: int,
               workers: int) -> int:
     """Pack one set; returns its image count."""
     n = len(rows)
-    where = [tuple(int(v) for v in locs.loc[i]) for i in rows["id"]]
+    where = [(i, locs[i]) for i in rows["id"]]
     x = np.lib.format.open_memmap(out / f"{name}_x.npy", mode="w+", dtype=np.uint8, shape=(n, 3, size, size))
     it = _prepared(where, store_root, size, workers)
     for i, arr in enumerate(tqdm(it, total=n, desc=f"pack {name}", unit="img", disable=None)):

@@ -1,0 +1,46 @@
+"""`wbc predict`: classify white-blood-cell images with a trained checkpoint; print the differential count."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "classify images (files, folders, zip archives) with a checkpoint -> CSV + differential count"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the command's arguments."""
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="image files, folders (searched recursively) and .zip archives")
+    parser.add_argument("--model", required=True, metavar="CHECKPOINT", help="checkpoint, e.g. models/model.pt")
+    parser.add_argument("--out", default="predictions.csv", metavar="CSV",
+                        help="output CSV (default: %(default)s): path, label, confidence, p_<class>..., error")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, ...")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Predict, write the CSV, list unreadable inputs on stderr, print the differential count.
+
+    Exit status 1 when no image could be read, else 0.
+    """
+    from wbc.models import load_checkpoint
+    from wbc.predict import differential_count, format_differential, predict_files
+    from wbc.train import select_device
+
+    device = select_device(args.device)
+    model, meta = load_checkpoint(args.model, device=device)
+    frame = predict_files(model, meta, args.paths, batch_size=args.batch_size, device=device)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out, index=False, float_format="%.6f", lineterminator="\n")
+    bad = frame[frame["error"] != ""]
+    for row in bad.itertuples(index=False):
+        print(f"unreadable: {row.path}: {row.error}", file=sys.stderr)
+    read = len(frame) - len(bad)
+    print(f"{read} image(s) predicted, {len(bad)} unreadable (listed in the `error` column) -> {out}")
+    if read == 0:
+        print("wbc predict: error: no image could be read", file=sys.stderr)
+        return 1
+    print(format_differential(differential_count(frame["label"].tolist(), meta["classes"])))
+    return 0

@@ -1,0 +1,402 @@
+"""Training a CNN on the packed tensors (docs/design.md), as the paper did.
+
+How it works
+- `PackedSet` indexes the memory-mapped `<set>_x.npy` / `<set>_y.npy` with a whole batch of
+  indices at once (a `BatchSampler` drives the DataLoader, so there is no per-image Python work).
+- Batches travel as uint8 and become floats on the device: ImageNet normalisation (mean/std from
+  meta.json), then augmentation as ONE batched `grid_sample` per batch: random horizontal and
+  vertical flips and a random rescale (zoom 0.9-1.1, cropped or padded back to S; padding is the
+  mean colour, i.e. 0 after normalisation). Random draws come from a seeded CPU generator, so
+  they do not depend on the device.
+- Class balancing (`balance`): `sampler` = WeightedRandomSampler (1/class count, seeded generator,
+  one epoch = N draws with replacement), `loss` = CrossEntropy weighted N/(C*count), `none`.
+- SGD (momentum) or Adam, StepLR; the best epoch by validation macro-F1 (sklearn, average='macro';
+  earliest epoch on ties) is kept and saved as the checkpoint (`wbc.models.save_checkpoint`).
+- Per-epoch train/val loss and accuracy, val macro-F1 and lr are logged with dvclive
+  (`<log_dir>/plots/metrics/{train,val}/*.tsv`, `<log_dir>/metrics.json`).
+- Device auto = CUDA, then MPS, then CPU; autocast (float16) + GradScaler and channels_last on
+  CUDA only. Reproducible on CPU: python/numpy/torch seeded, deterministic algorithms requested
+  (warn_only), fixed thread count when `threads` is set.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import WeightedRandomSampler
+from tqdm import tqdm
+
+from wbc.errors import ConfigError, WbcError
+from wbc.models import build_model, check_model_name, save_checkpoint
+
+OPTIMIZERS = ("sgd", "adam")
+BALANCES = ("none", "sampler", "loss")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyper-parameters (params.yaml `train`). Defaults are the paper's, except
+    `pretrained` (the paper fine-tuned ImageNet weights; here off so it works offline)."""
+
+    seed: int = 42
+    epochs: int = 15
+    batch_size: int = 10
+    optimizer: str = "sgd"
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    step_size: int = 7
+    gamma: float = 0.1
+    pretrained: bool = False
+    balance: str = "none"
+    augment: bool = True
+    scale_min: float = 0.9
+    scale_max: float = 1.1
+    workers: int = 0
+    device: str = "auto"
+    threads: int | None = None      # torch CPU threads (None: torch's default)
+    max_steps: int | None = None    # cap on training batches per epoch (smoke tests, benchmarks)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
+        if self.balance not in BALANCES:
+            raise ConfigError(f"train.balance must be one of {', '.join(BALANCES)}; got {self.balance!r}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"train.device must be one of {', '.join(DEVICES)}; got {self.device!r}")
+        for name in ("epochs", "batch_size", "step_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"train.{name} must be >= 1; got {getattr(self, name)!r}")
+        if not float(self.lr) > 0:
+            raise ConfigError(f"train.lr must be > 0; got {self.lr!r}")
+        if int(self.workers) < 0:
+            raise ConfigError(f"train.workers must be >= 0; got {self.workers!r}")
+        if not 0 < float(self.scale_min) <= float(self.scale_max):
+            raise ConfigError("train.scale_min/scale_max must satisfy 0 < scale_min <= scale_max")
+
+    @classmethod
+    def from_params(cls, section: dict[str, Any] | None, **overrides: Any) -> "TrainConfig":
+        """Build from a params `train` section (unknown keys -> ConfigError) plus overrides."""
+        values = dict(section or {})
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown train params: {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (checkpoint `params`, dvclive params)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What `train_model` returns."""
+
+    checkpoint: Path
+    best_epoch: int
+    val_macro_f1: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- data
+
+def read_meta(packed_dir: str | Path) -> dict[str, Any]:
+    """Read `<packed_dir>/meta.json` (WbcError when missing: run the split stage first)."""
+    path = Path(packed_dir) / "meta.json"
+    if not path.is_file():
+        raise WbcError(f"packed tensors not found: {path} (run the split stage: dvc repro split)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+class PackedSet(Dataset):
+    """One packed set (`<name>_x.npy` uint8 NCHW, `<name>_y.npy` int64), memory-mapped.
+
+    Indexed with a list of indices -> (uint8 tensor (B, 3, S, S), int64 tensor (B,)). The arrays
+    are opened lazily so DataLoader workers each map the file instead of pickling the data.
+    """
+
+    def __init__(self, packed_dir: str | Path, name: str):
+        self.x_path = Path(packed_dir) / f"{name}_x.npy"
+        self.y_path = Path(packed_dir) / f"{name}_y.npy"
+        if not self.x_path.is_file() or not self.y_path.is_file():
+            raise WbcError(f"packed set {name!r} not found in {packed_dir} ({self.x_path.name}, {self.y_path.name})")
+        self.name = name
+        self.labels = np.load(self.y_path).astype(np.int64)
+        self._x: np.ndarray | None = None
+        x = self._images()
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1] != 3 or x.shape[0] != len(self.labels):
+            raise WbcError(f"{self.x_path}: expected uint8 (N, 3, S, S) with N={len(self.labels)}, got {x.dtype} {x.shape}")
+
+    def _images(self) -> np.ndarray:
+        if self._x is None:
+            self._x = np.load(self.x_path, mmap_mode="r")
+        return self._x
+
+    def __getstate__(self) -> dict[str, Any]:  # workers re-open the memory map
+        state = dict(self.__dict__)
+        state["_x"] = None
+        return state
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def image_size(self) -> int:
+        return int(self._images().shape[-1])
+
+    def __getitem__(self, index: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = np.asarray(index, dtype=np.int64).reshape(-1)
+        x = np.ascontiguousarray(self._images()[idx])
+        return torch.from_numpy(x), torch.from_numpy(self.labels[idx])
+
+
+def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Images per class (length `num_classes`)."""
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)[:num_classes]
+
+
+def loss_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """CrossEntropy class weights N / (C * count); 0 for classes absent from `labels`."""
+    counts = class_counts(labels, num_classes).astype(np.float64)
+    present = counts > 0
+    weights = np.zeros(num_classes)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def balanced_sampler(labels: np.ndarray, num_classes: int, generator: torch.Generator) -> WeightedRandomSampler:
+    """Draw len(labels) indices with replacement, each class equally likely on average."""
+    counts = class_counts(labels, num_classes).astype(np.float64)
+    per_image = 1.0 / counts[np.asarray(labels, dtype=np.int64)]
+    return WeightedRandomSampler(torch.as_tensor(per_image, dtype=torch.double), num_samples=len(labels),
+                                 replacement=True, generator=generator)
+
+
+def make_loader(dataset: PackedSet, batch_size: int, *, sampler: Any = None, workers: int = 0,
+                drop_last: bool = False, pin_memory: bool = False) -> DataLoader:
+    """DataLoader yielding whole batches read with one fancy index into the memory map."""
+    sampler = sampler if sampler is not None else SequentialSampler(dataset)
+    return DataLoader(dataset, batch_size=None, sampler=BatchSampler(sampler, batch_size, drop_last),
+                      num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
+
+
+# ----------------------------------------------------------------------------- tensors
+
+def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, S, S) -> float normalised ((x/255 - mean) / std), on x's device."""
+    return (x.float() / 255.0 - mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, scale: tuple[float, float] = (0.9, 1.1)) -> torch.Tensor:
+    """Random h/v flips and rescale of a float batch, in one batched grid_sample.
+
+    Each image gets its own draws (from the CPU `generator`): flip left-right and up-down with
+    probability 1/2, zoom by s ~ U(scale) about the centre (s > 1 crops, s < 1 pads with 0).
+    """
+    b = x.shape[0]
+    flips = torch.randint(0, 2, (b, 2), generator=generator).float() * -2 + 1  # +1 or -1
+    s = torch.empty(b).uniform_(scale[0], scale[1], generator=generator)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = flips[:, 0] / s
+    theta[:, 1, 1] = flips[:, 1] / s
+    theta = theta.to(device=x.device, dtype=x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+# ----------------------------------------------------------------------------- runtime
+
+def select_device(name: str = "auto") -> torch.device:
+    """auto: CUDA, then MPS, then CPU. An explicit unavailable device -> ConfigError."""
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
+        raise ConfigError(f"train.device={name} but no {name.upper()} device is available (use auto or cpu)")
+    if name not in DEVICES:
+        raise ConfigError(f"unknown device {name!r}; valid: {', '.join(DEVICES)}")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, threads: int | None = None) -> None:
+    """Seed python, numpy and torch; request deterministic algorithms; optionally fix threads."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (the paper) or Adam."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+class Trainer:
+    """One model's training loop on one device (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, meta: dict[str, Any], train_labels: np.ndarray,
+                 device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.cuda = device.type == "cuda"
+        self.model = model.to(device, memory_format=torch.channels_last if self.cuda else torch.contiguous_format)
+        self.mean = torch.tensor(meta["mean"], dtype=torch.float32, device=device)
+        self.std = torch.tensor(meta["std"], dtype=torch.float32, device=device)
+        weight = loss_weights(train_labels, len(meta["classes"])).to(device) if cfg.balance == "loss" else None
+        self.criterion = nn.CrossEntropyLoss(weight=weight)
+        self.eval_criterion = nn.CrossEntropyLoss()
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda)
+        self.aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
+
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        x = normalise(x.to(self.device, non_blocking=True), self.mean, self.std)
+        return x.contiguous(memory_format=torch.channels_last) if self.cuda else x
+
+    def _autocast(self) -> Any:
+        return torch.autocast("cuda", dtype=torch.float16, enabled=self.cuda)
+
+    def train_epoch(self, loader: DataLoader, desc: str) -> dict[str, float]:
+        """One pass over `loader` (at most cfg.max_steps batches): mean loss and accuracy."""
+        self.model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for step, (x, y) in enumerate(tqdm(loader, desc=desc, leave=False, disable=None)):
+            if self.cfg.max_steps is not None and step >= self.cfg.max_steps:
+                break
+            y = y.to(self.device, non_blocking=True)
+            x = self._inputs(x)
+            if self.cfg.augment:
+                x = augment(x, self.aug_gen, (self.cfg.scale_min, self.cfg.scale_max))
+            self.optimizer.zero_grad(set_to_none=True)
+            with self._autocast():
+                logits = self.model(x)
+                loss = self.criterion(logits, y)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.detach().argmax(1) == y).sum())
+            seen += len(y)
+        self.scheduler.step()
+        return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1)}
+
+    @torch.no_grad()
+    def predict(self, loader: DataLoader) -> tuple[np.ndarray, np.ndarray, float]:
+        """(true labels, predicted labels, mean unweighted loss) over `loader`."""
+        self.model.eval()
+        ys, preds, loss_sum = [], [], 0.0
+        for x, y in loader:
+            y = y.to(self.device)
+            with self._autocast():
+                logits = self.model(self._inputs(x))
+            loss_sum += float(self.eval_criterion(logits.float(), y)) * len(y)
+            ys.append(y.cpu().numpy())
+            preds.append(logits.argmax(1).cpu().numpy())
+        y_true = np.concatenate(ys) if ys else np.zeros(0, np.int64)
+        y_pred = np.concatenate(preds) if preds else np.zeros(0, np.int64)
+        return y_true, y_pred, loss_sum / max(len(y_true), 1)
+
+    def validate(self, loader: DataLoader) -> dict[str, float]:
+        """Validation loss, accuracy and macro-F1."""
+        y_true, y_pred, loss = self.predict(loader)
+        if len(y_true) == 0:
+            return {"loss": float("nan"), "acc": float("nan"), "macro_f1": float("nan")}
+        return {"loss": loss, "acc": float((y_true == y_pred).mean()),
+                "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0))}
+
+    def state_copy(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of the current weights."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
+
+def _open_live(log_dir: str | Path | None) -> Any:
+    """A dvclive logger writing into `log_dir` (no dvc.yaml, no experiment), or None."""
+    if log_dir is None:
+        return None
+    from dvclive import Live
+
+    return Live(str(log_dir), dvcyaml=None, save_dvc_exp=False, report=None)
+
+
+def _log_epoch(live: Any, train: dict[str, float], val: dict[str, float], lr: float) -> None:
+    if live is None:
+        return
+    for split, values in (("train", train), ("val", val)):
+        for key, value in values.items():
+            live.log_metric(f"{split}/{key}", float(value))
+    live.log_metric("lr", float(lr))
+    live.next_step()
+
+
+def train_model(model_name: str, packed_dir: str | Path, cfg: TrainConfig, out: str | Path,
+                log_dir: str | Path | None = None) -> TrainResult:
+    """Train `model_name` on `<packed_dir>` train, select on val, save the best checkpoint to `out`."""
+    check_model_name(model_name)
+    meta = read_meta(packed_dir)
+    train_set = PackedSet(packed_dir, "train")
+    val_set = PackedSet(packed_dir, "val")
+    num_classes = len(meta["classes"])
+    image_size = int(meta["image_size"])
+    if train_set.image_size != image_size:
+        raise WbcError(f"{train_set.x_path} holds {train_set.image_size} px images, meta.json says {image_size}")
+    if len(train_set) == 0:
+        raise WbcError(f"the train set in {packed_dir} is empty")
+    seed_everything(cfg.seed, cfg.threads)
+    device = select_device(cfg.device)
+    model = build_model(model_name, num_classes, pretrained=cfg.pretrained, image_size=image_size)
+    trainer = Trainer(model, cfg, meta, train_set.labels, device)
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    sampler = (balanced_sampler(train_set.labels, num_classes, gen) if cfg.balance == "sampler"
+               else RandomSampler(train_set, generator=gen))
+    pin = device.type == "cuda"
+    train_loader = make_loader(train_set, cfg.batch_size, sampler=sampler, workers=cfg.workers, pin_memory=pin)
+    val_loader = make_loader(val_set, max(64, cfg.batch_size), workers=cfg.workers, pin_memory=pin)
+
+    live = _open_live(log_dir)
+    if live is not None:
+        live.log_params({"model": model_name, **{k: v for k, v in cfg.to_dict().items() if v is not None}})
+    history: list[dict[str, float]] = []
+    best_f1, best_epoch, best_state = -1.0, 0, None
+    has_val = len(val_set) > 0  # without a validation set the last epoch is kept
+    for epoch in range(1, cfg.epochs + 1):
+        lr = trainer.optimizer.param_groups[0]["lr"]
+        tr = trainer.train_epoch(train_loader, desc=f"{model_name} epoch {epoch}/{cfg.epochs}")
+        va = trainer.validate(val_loader)
+        _log_epoch(live, tr, va, lr)
+        history.append({"epoch": epoch, **{f"train_{k}": v for k, v in tr.items()},
+                        **{f"val_{k}": v for k, v in va.items()}})
+        if best_state is None or not has_val or va["macro_f1"] > best_f1:  # ties: earliest epoch
+            best_f1, best_epoch, best_state = va["macro_f1"], epoch, trainer.state_copy()
+        tqdm.write(f"{model_name} epoch {epoch}: train loss {tr['loss']:.4f} acc {tr['acc']:.3f} | "
+                   f"val loss {va['loss']:.4f} acc {va['acc']:.3f} macro-F1 {va['macro_f1']:.3f}")
+    if live is not None:
+        live.end()
+    trainer.model.load_state_dict(best_state)
+    val_f1 = float(best_f1)
+    params = {"model": model_name, **{k: v for k, v in cfg.to_dict().items() if v is not None}}
+    path = save_checkpoint(out, trainer.model, model_name=model_name, classes=list(meta["classes"]),
+                           image_size=image_size, mean=meta["mean"], std=meta["std"], params=params,
+                           best_epoch=best_epoch, val_macro_f1=val_f1)
+    return TrainResult(checkpoint=path, best_epoch=best_epoch, val_macro_f1=val_f1, history=history)

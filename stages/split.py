@@ -1,0 +1,42 @@
+"""Stage `split`: merge the kept images of all sources, split them (stratified or the sources' own
+split), audit cross-split duplicates, pack tensors and write the distribution reports.
+
+Params: data.profile, split, dedup (the audit's duplicate test).  Outputs: see dvc.yaml.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from wbc import split
+from wbc.errors import WbcError
+from wbc.params import load_params
+
+KEPT = Path("data/interim/kept.csv")
+STORE = Path("data/interim/store")
+SPLITS = Path("data/processed/splits.csv")
+PACKED = Path("data/processed/packed")
+REPORTS = Path("reports/split")
+
+
+def main() -> int:
+    params = load_params()
+    sp, dedup = params["split"], params.get("dedup", {})
+    summary = split.run_split(
+        KEPT, STORE, splits_csv=SPLITS, packed_dir=PACKED, reports_dir=REPORTS,
+        mode=sp.get("mode", "stratified"), val=sp.get("val"), test=sp.get("test"), seed=sp.get("seed", 42),
+        image_size=sp.get("image_size", 64), profile=params["data"]["profile"],
+        dedup_params=dedup, workers=dedup.get("workers", 0),
+    )
+    totals = ", ".join(f"{name} {n:,}" for name, n in summary["totals"].items())
+    print(f"split: {summary['images']:,} images: {totals}; "
+          f"{summary['audit']['cross_split_duplicates']} cross-split duplicate pair(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except WbcError as exc:
+        print(f"split: error: {exc}", file=sys.stderr)
+        sys.exit(2)
