@@ -265,3 +265,21 @@ def test_predict_real_pbc_images(pbc_zip: Path, checkpoint: Path, tmp_path: Path
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     with zipfile.ZipFile(subset) as zf:
         np.testing.assert_allclose(probs[0], _reference_probs(model, zf.read(names[0])), atol=1e-5)
+
+
+def test_cli_evaluate_pipeline_mode(tmp_path: Path, checkpoint: Path, constant_checkpoint: Path,
+                                    monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """`wbc evaluate` without checkpoints = the evaluate + report stages, run from a project root."""
+    monkeypatch.chdir(tmp_path)
+    _packed(tmp_path / "data" / "processed" / "packed", {"test": 6, "ext": 4})
+    (tmp_path / "models" / "compare").mkdir(parents=True)
+    (tmp_path / "models" / "model.pt").write_bytes(constant_checkpoint.read_bytes())
+    (tmp_path / "models" / "compare" / "tiny.pt").write_bytes(checkpoint.read_bytes())
+    (tmp_path / "params.yaml").write_text("model: constant\ncompare: [tiny]\nevaluate:\n  batch_size: 4\n")
+    assert main(["evaluate", "--device", "cpu"]) == 0
+    table = pd.read_csv(tmp_path / "reports" / "results.csv")
+    assert list(zip(table["set"], table["model"], table["headline"])) == [
+        ("test", "tiny", False), ("test", "constant", True), ("ext", "tiny", False), ("ext", "constant", True)]
+    flat = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    assert table.loc[1, "accuracy"] == flat["test"]["accuracy"]
+    assert "### ext (n = 4)" in (tmp_path / "reports" / "results.md").read_text()

@@ -374,3 +374,12 @@ def test_cli_split(store_run, tmp_path, capsys):
     rc = main(["split", str(root / "kept.csv"), "--store", str(root / "store"), "--out", str(tmp_path / "x"),
                "--val", "0.5", "--test", "0.5"])
     assert rc == 2 and "too few" in capsys.readouterr().err
+
+
+def test_empty_val_set_is_still_packed(store_run, tmp_path):
+    root, kept, _ = store_run
+    res = sp.assign_splits(kept, val=0, test=0.2, seed=7)
+    meta = sp.pack(res, kept, root / "store", tmp_path, 16, workers=1)
+    assert meta["sets"]["val"] == 0 and meta["sets"]["test"] == round(0.2 * (kept["role"] == "pool").sum())
+    assert np.load(tmp_path / "val_x.npy").shape == (0, 3, 16, 16)
+    assert np.load(tmp_path / "val_y.npy").shape == (0,)

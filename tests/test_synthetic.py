@@ -19,7 +19,8 @@ from wbc.errors import ConfigError
 SCALE = 0.1
 PBC_NAME = re.compile(r"^PBC_dataset_normal_DIB/([a-z]+)/(\.DS|BA|EO|LY|MO|SNE|BNE|NEUTROPHIL|ERB|IG|MY|MMY|PMY"
                       r"|PLATELET)_\d+\.(jpg|png)$")
-RAABIN_NAME = re.compile(r"^(Train|TestA|TestB)/(Basophil|Eosinophil|Lymphocyte|Monocyte|Neutrophil)/\d{8}_\d{6}\.(jpg|png)$")
+RAABIN_NAME = re.compile(r"^(Train|TestA|TestB)/(Basophil|Eosinophil|Lymphocyte|Monocyte|Neutrophil)/"
+                         r"\d{8}_\d{6}\.(jpg|png)$")
 
 
 @pytest.fixture(scope="module")
@@ -242,14 +243,22 @@ def _features(img: Image.Image) -> np.ndarray:
 def test_a_simple_classifier_separates_the_classes(truth, blobs):
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score
-    from sklearn.model_selection import cross_val_predict, StratifiedKFold
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     rows = [r for r in truth if r["kind"] == "original" and r["label"] in LABELS and not r["group"]]
     x = np.stack([_features(_rgb(blobs[(r["file"], r["member"])])) for r in rows])
     y = np.array([LABELS.index(r["label"]) for r in rows])
-    pred = cross_val_predict(LogisticRegression(max_iter=2000, C=1.0), x, y,
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
+    pred = cross_val_predict(model, x, y,
                              cv=StratifiedKFold(3, shuffle=True, random_state=0))
     assert balanced_accuracy_score(y, pred) > 0.6  # chance: 0.2
+
+
+def _gradient(img: Image.Image) -> float:
+    """Mean absolute horizontal grey-level step (fine detail)."""
+    return float(np.abs(np.diff(np.asarray(img.convert("L"), dtype=float), axis=1)).mean())
 
 
 def test_testb_looks_like_another_camera(truth, blobs):
@@ -257,14 +266,13 @@ def test_testb_looks_like_another_camera(truth, blobs):
         imgs = [_rgb(blobs[(r["file"], r["member"])]) for r in truth
                 if r["source"] == source and r["kind"] == "original"][:12]
         bg = np.median([np.percentile(np.asarray(i).reshape(-1, 3), 90, axis=0) for i in imgs], axis=0)
-        sharp = float(np.mean([np.abs(np.diff(np.asarray(i.convert("L"), dtype=float), axis=1)).mean()
-                               for i in imgs]))
+        sharp = float(np.mean([_gradient(i) / _gradient(i.reduce(4)) for i in imgs]))
         return bg, sharp
 
     bg_a, sharp_a = stats("synth_raabin_testa")
     bg_b, sharp_b = stats("synth_raabin_testb")
     assert np.abs(bg_a - bg_b).max() > 15     # other colour balance
-    assert sharp_b < 0.8 * sharp_a            # blurrier (lower native resolution)
+    assert sharp_b < 0.85 * sharp_a           # less fine detail (lower native resolution, blur)
 
 
 def test_pbc_style_resembles_the_real_pbc_images(synth, truth, blobs, pbc_zip):
@@ -289,7 +297,7 @@ def test_pbc_style_resembles_the_real_pbc_images(synth, truth, blobs, pbc_zip):
 # -- command ----------------------------------------------------------------------------------------
 
 def test_cli_synth_writes_the_archives(tmp_path, capsys):
-    assert cli.main(["synth", str(tmp_path), "--scale", "0.02", "--seed", "3", "--workers", "1"]) == 0
+    assert cli.main(["synth", str(tmp_path), "--scale", "0.02", "--seed", "3", "--workers", "0"]) == 0
     out = capsys.readouterr().out
     assert "synthetic_truth.csv" in out and "near_duplicate" in out
     rows = synthetic.read_truth(tmp_path / synthetic.TRUTH_FILE)

@@ -362,7 +362,19 @@ def train_model(model_name: str, packed_dir: str | Path, cfg: TrainConfig, out: 
         raise WbcError(f"{train_set.x_path} holds {train_set.image_size} px images, meta.json says {image_size}")
     if len(train_set) == 0:
         raise WbcError(f"the train set in {packed_dir} is empty")
-    seed_everything(cfg.seed, cfg.threads)
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        seed_everything(cfg.seed, cfg.threads)
+        return _train(model_name, packed_dir, cfg, out, log_dir, meta, train_set, val_set)
+    finally:  # leave the process's torch settings as they were
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(model_name: str, packed_dir: str | Path, cfg: TrainConfig, out: str | Path, log_dir: str | Path | None,
+           meta: dict[str, Any], train_set: PackedSet, val_set: PackedSet) -> TrainResult:
+    """The body of `train_model` (after validation and seeding)."""
+    num_classes, image_size = len(meta["classes"]), int(meta["image_size"])
     device = select_device(cfg.device)
     model = build_model(model_name, num_classes, pretrained=cfg.pretrained, image_size=image_size)
     trainer = Trainer(model, cfg, meta, train_set.labels, device)
@@ -400,3 +412,57 @@ def train_model(model_name: str, packed_dir: str | Path, cfg: TrainConfig, out: 
                            image_size=image_size, mean=meta["mean"], std=meta["std"], params=params,
                            best_epoch=best_epoch, val_macro_f1=val_f1)
     return TrainResult(checkpoint=path, best_epoch=best_epoch, val_macro_f1=val_f1, history=history)
+
+
+# ----------------------------------------------------------------------------- pipeline stages
+
+def check_model_list(names: Any) -> list[str]:
+    """Validate the `compare` param (a list of known, distinct model names) before any work."""
+    if not isinstance(names, (list, tuple)) or not names:
+        raise ConfigError(f"`compare` must be a non-empty list of model names; got {names!r}")
+    names = [check_model_name(str(n)) for n in names]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"`compare` lists a model twice: {names}")
+    return names
+
+
+def train_compare(names: Any, packed_dir: str | Path, cfg: TrainConfig, models_dir: str | Path,
+                  logs_dir: str | Path) -> dict[str, TrainResult]:
+    """The compare stage: train every model -> `<models_dir>/<name>.pt`, logs in `<logs_dir>/<name>/`."""
+    names = check_model_list(names)
+    read_meta(packed_dir)
+    results = {}
+    for name in names:
+        results[name] = train_model(name, packed_dir, cfg, Path(models_dir) / f"{name}.pt",
+                                    log_dir=Path(logs_dir) / name)
+    return results
+
+
+def train_headline(model_name: str, compare: Any, packed_dir: str | Path, cfg: TrainConfig,
+                   out: str | Path, log_dir: str | Path, compare_models: str | Path,
+                   compare_logs: str | Path) -> str:
+    """The train stage: the headline model -> `out`, its dvclive log -> `log_dir`.
+
+    When `model_name` is in `compare` its compare checkpoint and log are copied (a model is never
+    trained twice in one `dvc repro`); otherwise it is trained here. Returns "copied" or "trained".
+    """
+    import shutil
+
+    check_model_name(model_name)
+    out, log_dir = Path(out), Path(log_dir)
+    if log_dir.exists():  # the stage owns this folder: no stale files from another model
+        shutil.rmtree(log_dir)
+    if model_name in (compare or []):
+        src = Path(compare_models) / f"{model_name}.pt"
+        if not src.is_file():
+            raise WbcError(f"{src} is missing: run the compare stage first (dvc repro compare)")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, out)
+        src_log = Path(compare_logs) / model_name
+        if src_log.is_dir():
+            shutil.copytree(src_log, log_dir)
+        else:
+            log_dir.mkdir(parents=True, exist_ok=True)
+        return "copied"
+    train_model(model_name, packed_dir, cfg, out, log_dir=log_dir)
+    return "trained"
