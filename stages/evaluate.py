@@ -26,8 +26,9 @@ def main() -> int:
     results = evaluate_all(HEADLINE, compare, packed_dir=PACKED, out_root=OUT, metrics_path=METRICS,
                            batch_size=int(params.get("evaluate", {}).get("batch_size", 64)))
     head = results["headline"]
-    print(f"evaluate: {len(results)} model(s); headline {head['model']}: test accuracy "
-          f"{head['test']['accuracy']}, macro-F1 {head['test']['macro_f1']} -> {METRICS}")
+    scores = "; ".join(f"{s} accuracy {m['accuracy']}, macro-F1 {m['macro_f1']}"
+                       for s, m in head.items() if isinstance(m, dict))
+    print(f"evaluate: {len(results)} model(s); headline {head['model']}: {scores} -> {METRICS}")
     return 0
 
 

@@ -27,6 +27,7 @@ import cv2
 import imagehash
 import numpy as np
 import pandas as pd
+import scipy.fft
 from PIL import Image
 from tqdm import tqdm
 
@@ -39,13 +40,13 @@ ZOOMS = (1.0, 1.05, 1.10)
 #: Radius (in frequency bins) of the band-limited phase correlation: robust to blur and JPEG.
 BAND = 12
 #: Embedding: low-frequency window of the Fourier magnitude (|ky| <= EMB_K, 0 <= kx <= EMB_K).
-EMB_K = 6
+EMB_K = 8
 
 #: Defaults of the verified mode (all overridable through find_groups(**params)).
 VERIFIED_DEFAULTS: dict[str, Any] = {
     "cand_ahash": 22,       # loosened hash candidates: AHash distance < this ...
     "cand_phash": 26,       # ... and PHash distance < this
-    "knn": 8,               # plus each image's k nearest neighbours in the shift-robust embedding
+    "knn": 12,              # plus each image's k nearest neighbours in the shift-robust embedding
     "verify_threshold": 0.30,  # band-limited phase-correlation peak needed to confirm a pair
 }
 PAPER_DEFAULTS: dict[str, Any] = {"ahash_threshold": 11, "phash_threshold": 14}
@@ -129,15 +130,21 @@ def _zoom_thumbs(grey: np.ndarray) -> np.ndarray:
 _HANN = np.outer(np.hanning(THUMB), np.hanning(THUMB)).astype(np.float32)
 
 
-def _embedding(thumb: np.ndarray) -> np.ndarray:
-    """Shift-robust embedding: log Fourier magnitude of the windowed thumbnail at low frequencies."""
-    x = thumb.astype(np.float32)
-    x = (x - x.mean()) * _HANN
-    mag = np.abs(np.fft.rfft2(x))
+def _embedding(rgb: np.ndarray) -> np.ndarray:
+    """Shift-robust embedding: square-root Fourier magnitude of the windowed saturation thumbnail at
+    low frequencies (translation changes only the phase; +-10 % zoom barely moves low frequencies)."""
+    small = cv2.resize(rgb, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
+    sat = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)[..., 1].astype(np.float32)
+    mag = np.abs(np.fft.rfft2((sat - sat.mean()) * _HANN))
     low = np.concatenate([mag[: EMB_K + 1, : EMB_K + 1], mag[-EMB_K:, : EMB_K + 1]], axis=0)
-    v = np.log1p(low).ravel()
-    v = v - v.mean()
-    return (v / (np.linalg.norm(v) + 1e-9)).astype(np.float32)
+    return np.sqrt(low).ravel().astype(np.float32)
+
+
+def standardise(emb: np.ndarray, ref: np.ndarray | None = None) -> np.ndarray:
+    """Embeddings standardised per dimension (statistics of `ref`, default `emb`) and L2-normalised."""
+    ref = emb if ref is None else ref
+    x = (emb - ref.mean(axis=0)) / (ref.std(axis=0) + 1e-6)
+    return (x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-9)).astype(np.float32)
 
 
 def image_features(data: bytes) -> dict[str, Any]:
@@ -152,7 +159,7 @@ def image_features(data: bytes) -> dict[str, Any]:
         "phash": hash_to_int(imagehash.phash(grey_img)),
         "sharpness": sharpness(grey),
         "thumbs": thumbs,
-        "embed": _embedding(thumbs[0]),
+        "embed": _embedding(np.asarray(img)),
     }
 
 
@@ -350,34 +357,35 @@ _BAND_MASK = _band_mask()
 _BAND_N = float(_BAND_MASK[:, 1:-1].sum() * 2 + _BAND_MASK[:, [0, -1]].sum())
 
 
-def _spectra(thumbs: np.ndarray) -> np.ndarray:
-    """Unit-magnitude, band-limited spectra of windowed thumbnails (..., THUMB, THUMB//2+1)."""
-    x = thumbs.astype(np.float32)
-    x = (x - x.mean(axis=(-1, -2), keepdims=True)) * _HANN
-    f = np.fft.rfft2(x)
-    return (f / (np.abs(f) + 1e-6) * _BAND_MASK).astype(np.complex64)
+def spectra(thumbs: np.ndarray, block: int = 1024) -> np.ndarray:
+    """Unit-magnitude, band-limited spectra of the windowed thumbnails, cached once per image:
+    complex64 (N, len(ZOOMS), THUMB, THUMB//2+1)."""
+    out = np.empty((*thumbs.shape[:2], THUMB, THUMB // 2 + 1), np.complex64)
+    for start in range(0, len(thumbs), block):
+        x = thumbs[start:start + block].astype(np.float32)
+        x = (x - x.mean(axis=(-1, -2), keepdims=True)) * _HANN
+        f = scipy.fft.rfft2(x, workers=-1)
+        out[start:start + block] = f / (np.abs(f) + 1e-6) * _BAND_MASK
+    return out
 
 
-def verify_pairs(thumbs_a: np.ndarray, i: np.ndarray, j: np.ndarray, thumbs_b: np.ndarray | None = None,
-                 block: int = 512, desc: str = "dedup verify") -> np.ndarray:
-    """Verification score of pairs (thumbs_a[i], thumbs_b[j]): the best band-limited phase-correlation
-    peak over shifts and zooms (a at 1 vs b at each zoom, and each zoom of a vs b at 1).
+def verify_pairs(spec_a: np.ndarray, i: np.ndarray, j: np.ndarray, spec_b: np.ndarray | None = None,
+                 block: int = 1024, desc: str = "dedup verify") -> np.ndarray:
+    """Verification score of pairs (a[i], b[j]) from cached `spectra`: the best band-limited
+    phase-correlation peak over all shifts and over zooms (a at 1 vs b at each zoom, each zoom of a vs b).
 
-    1.0 = the same field; ~0.05-0.15 = unrelated images. Tolerant to shift (the peak moves),
-    zoom (searched), blur and JPEG (high frequencies left out), exposure (phase only).
+    1.0 = the same field; unrelated cells score low. Tolerant to shift (the peak moves), zoom
+    (searched), blur and JPEG (high frequencies left out), exposure (phase only).
     """
-    thumbs_b = thumbs_a if thumbs_b is None else thumbs_b
+    spec_b = spec_a if spec_b is None else spec_b
     scores = np.zeros(len(i), np.float32)
+    combos = [(0, z) for z in range(len(ZOOMS))] + [(z, 0) for z in range(1, len(ZOOMS))]
     for start in tqdm(range(0, len(i), block), desc=desc, disable=None, leave=False):
         bi, bj = i[start:start + block], j[start:start + block]
-        fa, fb = _spectra(thumbs_a[bi]), _spectra(thumbs_b[bj])  # (P, Z, T, T/2+1)
-        best = np.zeros(len(bi), np.float32)
-        combos = [(0, z) for z in range(len(ZOOMS))] + [(z, 0) for z in range(1, len(ZOOMS))]
-        for za, zb in combos:
-            r = np.fft.irfft2(fa[:, za] * np.conj(fb[:, zb]), s=(THUMB, THUMB))
-            peak = r.reshape(len(bi), -1).max(axis=1) * (THUMB * THUMB) / _BAND_N
-            best = np.maximum(best, peak.astype(np.float32))
-        scores[start:start + len(bi)] = best
+        fa, fb = spec_a[bi], spec_b[bj]
+        cross = np.stack([fa[:, za] * np.conj(fb[:, zb]) for za, zb in combos], axis=1)
+        r = scipy.fft.irfft2(cross, s=(THUMB, THUMB), workers=-1)
+        scores[start:start + len(bi)] = r.reshape(len(bi), -1).max(axis=1) * (THUMB * THUMB) / _BAND_N
     return scores
 
 
@@ -472,7 +480,11 @@ def candidate_pairs(f: Features, mode: str, p: dict[str, Any], other: Features |
                              below2=int(p["phash_threshold"]), b2=b_p)
     else:
         hi, hj = hamming_pairs(f.ahash, int(p["cand_ahash"]), b_a, a2=f.phash, below2=int(p["cand_phash"]), b2=b_p)
-        ki, kj = knn_pairs(f.embed, int(p["knn"]), None if ob is None else ob.embed)
+        if ob is None:
+            ki, kj = knn_pairs(standardise(f.embed), int(p["knn"]))
+        else:
+            ref = np.concatenate([f.embed, ob.embed])
+            ki, kj = knn_pairs(standardise(f.embed, ref), int(p["knn"]), standardise(ob.embed, ref))
         i, j = _unique_pairs(np.concatenate([hi, ki]), np.concatenate([hj, kj]))
     ei, ej = exact_pairs(f.sha256, None if ob is None else ob.sha256)
     cand = pd.DataFrame({"i": i, "j": j, "candidate": True})
@@ -493,8 +505,19 @@ def confirm(f: Features, df: pd.DataFrame, mode: str, p: dict[str, Any], other: 
     """Score and confirm candidate pairs: exact copies always; paper mode every candidate;
     verified mode candidates with verification score >= verify_threshold."""
     ii, jj = df["i"].to_numpy(np.int64), df["j"].to_numpy(np.int64)
-    tb = None if other is None else other.thumbs
-    score = verify_pairs(f.thumbs, ii, jj, tb) if len(df) else np.zeros(0, np.float32)
+    if len(df):
+        used_a = np.unique(ii if other is not None else np.concatenate([ii, jj]))
+        sa = np.zeros((len(f), *spectra(f.thumbs[:0]).shape[1:]), np.complex64)  # untouched rows stay lazy
+        sa[used_a] = spectra(f.thumbs[used_a])
+        if other is None:
+            score = verify_pairs(sa, ii, jj)
+        else:
+            used_b = np.unique(jj)
+            sb = np.zeros((len(other), *sa.shape[1:]), np.complex64)
+            sb[used_b] = spectra(other.thumbs[used_b])
+            score = verify_pairs(sa, ii, jj, sb)
+    else:
+        score = np.zeros(0, np.float32)
     df = df.assign(score=np.round(score.astype(np.float64), 4))
     if mode == "paper":
         df["confirmed"] = df["candidate"] | df["exact"]

@@ -1,0 +1,149 @@
+"""Training input pipeline and model throughput on this machine.
+
+1. Loader: images/s delivered to the model (normalised, augmented float batches) by our loader
+   (memory-mapped packed uint8 tensors + batched tensor augmentation, wbc.train) versus the usual
+   torchvision ImageFolder + PIL JPEG decoding + transforms.v2 (centre crop, resize, flips, random
+   rescale 0.9-1.1, ToDtype/Normalize), on the same N real PBC images, same batch size and workers.
+2. Training images/s per model (forward + backward + SGD step, a few steps) at 224 px and 64 px.
+
+Scratch files go to /tmp (the PBC images are never copied into the project). Run from the root:
+    python benchmarks/train_bench.py            # writes reports/train/benchmark.md too
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wbc import LABELS
+from wbc.models import MODEL_NAMES, build_model
+from wbc.split import square_resize
+from wbc.store import decode_image
+from wbc.train import PackedSet, augment, make_loader, normalise
+
+ZIP = Path(os.environ.get("WBC_SHARED", "../shared")) / "data" / "pbc" / "PBC_dataset_normal_DIB.zip"
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def prepare(zip_path: Path, n: int, size: int, scratch: Path) -> tuple[Path, Path]:
+    """Write n JPEGs (spread over the five classes) as an ImageFolder and a packed train set."""
+    folder, packed = scratch / f"jpeg{n}", scratch / f"packed{n}_{size}"
+    if (packed / "train_x.npy").is_file() and folder.is_dir():
+        return folder, packed
+    with zipfile.ZipFile(zip_path) as zf:
+        names = sorted(m for m in zf.namelist() if m.lower().endswith(".jpg") and "/." not in m
+                       and m.split("/")[-2] in LABELS)
+        picks = [m for label in LABELS for m in [x for x in names if x.split("/")[-2] == label][: n // len(LABELS)]]
+        xs, ys = [], []
+        for member in picks:
+            data = zf.read(member)
+            label = member.split("/")[-2]
+            (folder / label).mkdir(parents=True, exist_ok=True)
+            (folder / label / Path(member).name).write_bytes(data)
+            xs.append(square_resize(decode_image(data), size))
+            ys.append(LABELS.index(label))
+    packed.mkdir(parents=True, exist_ok=True)
+    np.save(packed / "train_x.npy", np.stack(xs))
+    np.save(packed / "train_y.npy", np.array(ys, dtype=np.int64))
+    return folder, packed
+
+
+def rate(batches, limit: int) -> float:
+    """Images/s over the iterator of (x, y) float batches (at most `limit` images)."""
+    t0, seen = time.perf_counter(), 0
+    for x, _ in batches:
+        seen += len(x)
+        if seen >= limit:
+            break
+    return seen / (time.perf_counter() - t0)
+
+
+def ours(packed: Path, batch: int, workers: int):
+    """Our pipeline: packed mmap -> uint8 batch -> normalise -> flips + rescale on tensors."""
+    ds = PackedSet(packed, "train")
+    gen = torch.Generator().manual_seed(0)
+    mean, std = torch.tensor(MEAN), torch.tensor(STD)
+    sampler = torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(0))
+    for x, y in make_loader(ds, batch, sampler=sampler, workers=workers):
+        yield augment(normalise(x, mean, std), gen), y
+
+
+def baseline(folder: Path, size: int, batch: int, workers: int):
+    """torchvision ImageFolder + PIL decoding + transforms.v2 doing the same steps per image."""
+    from torchvision import datasets
+    from torchvision.transforms import v2
+
+    tf = v2.Compose([
+        v2.PILToTensor(), v2.CenterCrop(360), v2.Resize(size, antialias=True),
+        v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), v2.RandomAffine(degrees=0, scale=(0.9, 1.1)),
+        v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD),
+    ])
+    ds = datasets.ImageFolder(str(folder), transform=tf)
+    yield from torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
+                                           generator=torch.Generator().manual_seed(0))
+
+
+def train_rate(name: str, size: int, batch: int, steps: int) -> float:
+    """Training images/s of `name` at `size` px (1 warm-up step, then `steps` timed)."""
+    torch.manual_seed(0)
+    model = build_model(name, 5, pretrained=False, image_size=size).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    x, y = torch.randn(batch, 3, size, size), torch.randint(0, 5, (batch,))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    for i in range(steps + 1):
+        if i == 1:
+            t0 = time.perf_counter()
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--zip", type=Path, default=ZIP)
+    ap.add_argument("--n", type=int, default=2000, help="images (default %(default)s)")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=10)
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    ap.add_argument("--models", nargs="*", default=list(MODEL_NAMES))
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--scratch", type=Path, default=Path("/tmp/wbc_train_bench"))
+    ap.add_argument("--out", type=Path, default=Path("reports/train/benchmark.md"))
+    args = ap.parse_args()
+    if not args.zip.is_file():
+        print(f"missing {args.zip} (the real PBC zip in ../shared)", file=sys.stderr)
+        return 1
+    lines = [f"# Training benchmark\n",
+             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+             f"{torch.__version__}, {torch.get_num_threads()} threads. Command: `python benchmarks/train_bench.py`\n",
+             f"## Loader: images/s delivered to the model ({args.n} real PBC JPEGs -> {args.size} px, batch {args.batch})\n",
+             "| workers | ours (packed + tensor aug) | ImageFolder + PIL + v2 | ratio |", "|---|---|---|---|"]
+    folder, packed = prepare(args.zip, args.n, args.size, args.scratch)
+    for w in args.workers:
+        a = rate(ours(packed, args.batch, w), args.n)
+        b = rate(baseline(folder, args.size, args.batch, w), args.n)
+        lines.append(f"| {w} | {a:,.0f} | {b:,.0f} | {a / b:.1f}x |")
+        print(lines[-1], flush=True)
+    lines += ["", f"## Training images/s per model (SGD step, {args.steps} steps after one warm-up)\n",
+              "| model | 224 px, batch 10 | 64 px, batch 32 |", "|---|---|---|"]
+    for name in args.models:
+        r224 = train_rate(name, 224, 10, args.steps)
+        r64 = train_rate(name, 64, 32, args.steps)
+        lines.append(f"| {name} | {r224:.1f} | {r64:.1f} |")
+        print(lines[-1], flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
