@@ -115,6 +115,9 @@ def main() -> int:
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     ap.add_argument("--models", nargs="*", default=list(MODEL_NAMES))
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--loader-threads", type=int, default=1,
+                    help="torch threads while timing the loaders (default %(default)s: the main process "
+                         "then mirrors a DataLoader worker, and timings are stable on a busy machine)")
     ap.add_argument("--scratch", type=Path, default=Path("/tmp/wbc_train_bench"))
     ap.add_argument("--out", type=Path, default=Path("reports/train/benchmark.md"))
     args = ap.parse_args()
@@ -124,14 +127,18 @@ def main() -> int:
     lines = [f"# Training benchmark\n",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
              f"{torch.__version__}, {torch.get_num_threads()} threads. Command: `python benchmarks/train_bench.py`\n",
-             f"## Loader: images/s delivered to the model ({args.n} real PBC JPEGs -> {args.size} px, batch {args.batch})\n",
+             f"## Loader: images/s delivered to the model ({args.n} real PBC JPEGs -> {args.size} px, batch {args.batch}, "
+             f"{args.loader_threads} torch thread(s) in the main process)\n",
              "| workers | ours (packed + tensor aug) | ImageFolder + PIL + v2 | ratio |", "|---|---|---|---|"]
     folder, packed = prepare(args.zip, args.n, args.size, args.scratch)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.loader_threads)
     for w in args.workers:
         a = rate(ours(packed, args.batch, w), args.n)
         b = rate(baseline(folder, args.size, args.batch, w), args.n)
         lines.append(f"| {w} | {a:,.0f} | {b:,.0f} | {a / b:.1f}x |")
         print(lines[-1], flush=True)
+    torch.set_num_threads(threads)
     lines += ["", f"## Training images/s per model (SGD step, {args.steps} steps after one warm-up)\n",
               "| model | 224 px, batch 10 | 64 px, batch 32 |", "|---|---|---|"]
     for name in args.models:

@@ -31,6 +31,9 @@ def main() -> int:
     totals = ", ".join(f"{name} {n:,}" for name, n in summary["totals"].items())
     print(f"split: {summary['images']:,} images: {totals}; "
           f"{summary['audit']['cross_split_duplicates']} cross-split duplicate pair(s)")
+    warning = split.leakage_warning(summary)
+    if warning:
+        print(f"split: warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -273,24 +273,32 @@ def build_store(root, counts=STORE_COUNTS, duplicates: int = 0) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def store_run(tmp_path_factory):
-    """One stratified run on a small store (no duplicates): inputs and outputs."""
-    root = tmp_path_factory.mktemp("split_run")
+def small_store(tmp_path_factory):
+    """A small image store (no duplicates) and its kept.csv: (root, kept frame)."""
+    root = tmp_path_factory.mktemp("split_store")
     kept = build_store(root / "store")
     write_manifest(kept, root / "kept.csv")
-    summary = sp.run_split(root / "kept.csv", root / "store", splits_csv=root / "out/splits.csv",
-                           packed_dir=root / "out/packed", reports_dir=root / "out/reports", val=0.2, test=0.2,
+    return root, kept
+
+
+@pytest.fixture(scope="module")
+def store_run(small_store, tmp_path_factory):
+    """One stratified run of the whole stage on the small store: (root, kept, summary, out dir)."""
+    root, kept = small_store
+    out = tmp_path_factory.mktemp("split_out")
+    summary = sp.run_split(root / "kept.csv", root / "store", splits_csv=out / "splits.csv",
+                           packed_dir=out / "packed", reports_dir=out / "reports", val=0.2, test=0.2,
                            seed=7, image_size=32, dedup_params={"mode": "verified"}, workers=2)
-    return root, kept, summary
+    return root, kept, summary, out
 
 
 def test_run_split_outputs_follow_the_contract(store_run):
     from wbc.store import decode_image, ImageStore
 
-    root, kept, summary = store_run
-    splits = pd.read_csv(root / "out/splits.csv")
+    root, kept, summary, out = store_run
+    splits = pd.read_csv(out / "splits.csv")
     assert list(splits.columns) == sp.SPLIT_COLUMNS and len(splits) == len(kept)
-    meta = json.loads((root / "out/packed/meta.json").read_text())
+    meta = json.loads((out / "packed/meta.json").read_text())
     assert meta["classes"] == list(LABELS) and meta["image_size"] == 32
     assert meta["external"] == ["synth_raabin_testb"]
     assert meta["sets"] == {k: int(v) for k, v in splits["split"].value_counts().items()}
@@ -298,8 +306,8 @@ def test_run_split_outputs_follow_the_contract(store_run):
     store = ImageStore(root / "store")
     locs = kept.set_index("id")
     for name, n in meta["sets"].items():
-        x = np.load(root / f"out/packed/{name}_x.npy", mmap_mode="r")
-        y = np.load(root / f"out/packed/{name}_y.npy")
+        x = np.load(out / f"packed/{name}_x.npy", mmap_mode="r")
+        y = np.load(out / f"packed/{name}_y.npy")
         assert x.dtype == np.uint8 and x.shape == (n, 3, 32, 32) and y.dtype == np.int64 and y.shape == (n,)
         rows = splits[splits["split"] == name].sort_values("index")
         assert rows["index"].tolist() == list(range(n))
@@ -311,17 +319,17 @@ def test_run_split_outputs_follow_the_contract(store_run):
 
 
 def test_run_split_reports(store_run):
-    root, kept, summary = store_run
-    saved = json.loads((root / "out/reports/summary.json").read_text())
+    root, kept, summary, out = store_run
+    saved = json.loads((out / "reports/summary.json").read_text())
     assert saved == json.loads(json.dumps(summary))
     assert saved["audit"]["cross_split_duplicates"] == 0
     assert saved["kept_rows"] == saved["images"] == len(kept)
     pool = len(kept[kept["role"] == "pool"])
     assert saved["totals"]["val"] == saved["totals"]["test"] == round(0.2 * pool)
-    md = (root / "out/reports/distribution.md").read_text()
+    md = (out / "reports/distribution.md").read_text()
     assert "| class | train | val | test | synth_raabin_testb | all |" in md
     for name in ("distribution.png", "samples.png"):
-        with Image.open(root / "out/reports" / name) as img:
+        with Image.open(out / "reports" / name) as img:
             assert img.format == "PNG" and img.width > 300
 
 
@@ -333,14 +341,16 @@ def test_square_resize_crops_the_centre():
     assert (out[2] == 255).all() and (out[0] == 0).all()
 
 
-def test_packing_is_deterministic_with_one_or_many_workers(store_run, tmp_path):
-    root, kept, _ = store_run
+def test_packing_is_deterministic_with_one_or_many_workers(small_store, tmp_path):
+    root, kept = small_store
     res = sp.assign_splits(kept, val=0.2, test=0.2, seed=7)
-    sp.pack(res, kept, root / "store", tmp_path / "one", 32, workers=1)
+    meta1 = sp.pack(res, kept, root / "store", tmp_path / "one", 32, workers=1)
+    meta2 = sp.pack(res, kept, root / "store", tmp_path / "two", 32, workers=2)
+    assert meta1 == meta2
     for name in res.sets:
-        a = np.load(tmp_path / "one" / f"{name}_x.npy")
-        b = np.load(root / "out/packed" / f"{name}_x.npy")  # written with 2 workers
-        np.testing.assert_array_equal(a, b)
+        for part in ("x", "y"):
+            a = (tmp_path / "one" / f"{name}_{part}.npy").read_bytes()
+            assert a == (tmp_path / "two" / f"{name}_{part}.npy").read_bytes()
 
 
 def test_audit_finds_planted_cross_split_duplicates(tmp_path):
@@ -363,23 +373,61 @@ def test_audit_finds_planted_cross_split_duplicates(tmp_path):
 def test_cli_split(store_run, tmp_path, capsys):
     from wbc.cli import main
 
-    root, kept, summary = store_run
+    root, kept, summary, out = store_run
     rc = main(["split", str(root / "kept.csv"), "--store", str(root / "store"), "--out", str(tmp_path),
                "--val", "0.2", "--test", "0.2", "--seed", "7", "--image-size", "32", "--workers", "1"])
     assert rc == 0
     assert "0 duplicate pair(s)" in capsys.readouterr().out
     a = pd.read_csv(tmp_path / "splits.csv")
-    b = pd.read_csv(root / "out/splits.csv")
+    b = pd.read_csv(out / "splits.csv")
     pd.testing.assert_frame_equal(a, b)  # same seed -> identical split
     rc = main(["split", str(root / "kept.csv"), "--store", str(root / "store"), "--out", str(tmp_path / "x"),
                "--val", "0.5", "--test", "0.5"])
     assert rc == 2 and "too few" in capsys.readouterr().err
 
 
-def test_empty_val_set_is_still_packed(store_run, tmp_path):
-    root, kept, _ = store_run
+def test_empty_val_set_is_still_packed(small_store, tmp_path):
+    root, kept = small_store
     res = sp.assign_splits(kept, val=0, test=0.2, seed=7)
     meta = sp.pack(res, kept, root / "store", tmp_path, 16, workers=1)
     assert meta["sets"]["val"] == 0 and meta["sets"]["test"] == round(0.2 * (kept["role"] == "pool").sum())
     assert np.load(tmp_path / "val_x.npy").shape == (0, 3, 16, 16)
     assert np.load(tmp_path / "val_y.npy").shape == (0,)
+
+
+@pytest.mark.slow
+def test_synthetic_generate_ingest_dedup_split_has_no_leakage(tmp_path):
+    """Synthetic data (planted exact/near duplicates) -> ingest -> dedup -> split: zero cross-split pairs.
+
+    Without dedup, the sources' own split leaks (Train scenes re-imaged in Test-A): the audit sees it.
+    """
+    from wbc import dedup, ingest, sources, synthetic
+    from wbc.store import ImageStore
+
+    synthetic.generate(tmp_path / "raw", scale=0.1, workers=1)
+    manifest = ingest.ingest_sources(sources.profile_sources("synthetic"), tmp_path / "raw",
+                                     tmp_path / "manifest.csv", tmp_path / "store", {"workers": 1})
+    usable = sp.load_kept(tmp_path / "manifest.csv")
+    given = sp.assign_splits(usable, mode="given", val=0.15, seed=0)
+    leaks = sp.audit_leakage(given, usable, tmp_path / "store", {"mode": "verified", "workers": 1})
+    assert len(leaks) > 0 and (leaks["set_a"] != leaks["set_b"]).all()
+
+    store = ImageStore(tmp_path / "store")
+    locs = usable.set_index("id")
+    feats = dedup.hash_images(lambda i: store.read_row(locs.loc[i]), usable["id"].tolist(), workers=1)
+    groups = dedup.find_groups(feats, "verified")
+    kept_ids = {k for k, keep in zip(feats.keys, groups.keep) if keep}
+    kept = manifest[manifest["id"].isin(kept_ids)]
+    write_manifest(kept, tmp_path / "kept.csv")
+    summary = sp.run_split(tmp_path / "kept.csv", tmp_path / "store", splits_csv=tmp_path / "splits.csv",
+                           packed_dir=tmp_path / "packed", reports_dir=tmp_path / "reports", val=0.15, test=0.15,
+                           seed=42, image_size=16, dedup_params={"mode": "verified", "workers": 1}, workers=1)
+    assert summary["images"] == len(kept_ids) < len(usable)
+    assert summary["audit"]["cross_split_duplicates"] == 0
+
+
+def test_leakage_warning_only_for_stratified_leaks():
+    leak = {"mode": "stratified", "audit": {"cross_split_duplicates": 2, "by_sets": {"test|train": 2}}}
+    assert "2 duplicate pair(s)" in sp.leakage_warning(leak) and "test|train: 2" in sp.leakage_warning(leak)
+    assert sp.leakage_warning({**leak, "mode": "given"}) == ""  # the sources' own split is reported as is
+    assert sp.leakage_warning({"mode": "stratified", "audit": {"cross_split_duplicates": 0, "by_sets": {}}}) == ""

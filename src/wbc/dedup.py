@@ -16,7 +16,6 @@ Pipeline (one decode per image, see `image_features`):
 from __future__ import annotations
 
 import hashlib
-import io
 import multiprocessing as mp
 import os
 from collections import deque
@@ -44,8 +43,8 @@ EMB_K = 8
 
 #: Defaults of the verified mode (all overridable through find_groups(**params)).
 VERIFIED_DEFAULTS: dict[str, Any] = {
-    "cand_ahash": 22,       # loosened hash candidates: AHash distance < this ...
-    "cand_phash": 26,       # ... and PHash distance < this
+    "cand_ahash": 11,       # hash candidates (the paper rule): AHash distance < this ...
+    "cand_phash": 14,       # ... and PHash distance < this
     "knn": 12,              # plus each image's k nearest neighbours in the shift-robust embedding
     "verify_threshold": 0.30,  # band-limited phase-correlation peak needed to confirm a pair
 }
@@ -89,13 +88,9 @@ class Features:
 
 
 def _decode(data: bytes) -> Image.Image:
-    """The project's one decoding path (wbc.store.decode_image), PIL as a fallback until it exists."""
-    try:
-        from wbc.store import decode_image
-    except ImportError:  # pragma: no cover - only before wbc.store is written
-        img = Image.open(io.BytesIO(data))
-        img.load()
-        return img.convert("RGB")
+    """The project's one decoding path (full decode, 8-bit RGB)."""
+    from wbc.store import decode_image
+
     return decode_image(data)
 
 

@@ -544,6 +544,15 @@ def run_split(
     return summary
 
 
+def leakage_warning(summary: Mapping[str, Any]) -> str:
+    """A one-line warning when a stratified split has cross-split duplicates (else "")."""
+    n = int(summary.get("audit", {}).get("cross_split_duplicates", 0))
+    if n == 0 or summary.get("mode") != "stratified":
+        return ""
+    by_sets = ", ".join(f"{k}: {v}" for k, v in summary["audit"]["by_sets"].items())
+    return f"{n} duplicate pair(s) across sets ({by_sets}); run dedup first (see reports/split/summary.json)"
+
+
 def write_reports(summary: Mapping[str, Any], assignment: Assignment, kept: pd.DataFrame, store_root: str | Path,
                   reports_dir: str | Path, *, seed: int) -> None:
     """summary.json, distribution.md, distribution.png, samples.png."""
@@ -565,6 +574,6 @@ def parse_size_arg(text: str | None) -> int | float | None:
 
 __all__: Sequence[str] = [
     "Assignment", "SplitError", "apportion", "assign_splits", "audit_leakage", "carve", "class_targets",
-    "distribution_markdown", "load_kept", "pack", "plot_distribution", "plot_samples", "resolve_size",
+    "distribution_markdown", "leakage_warning", "load_kept", "pack", "plot_distribution", "plot_samples", "resolve_size",
     "run_split", "square_resize", "summarize", "summarize_audit",
 ]

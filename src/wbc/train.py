@@ -198,7 +198,9 @@ def make_loader(dataset: PackedSet, batch_size: int, *, sampler: Any = None, wor
 
 def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, S, S) -> float normalised ((x/255 - mean) / std), on x's device."""
-    return (x.float() / 255.0 - mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
+    scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1)
+    shift = (mean / std).view(1, -1, 1, 1)
+    return x.to(torch.float32, copy=True).mul_(scale).sub_(shift)  # one copy, two in-place passes
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, scale: tuple[float, float] = (0.9, 1.1)) -> torch.Tensor:
@@ -356,7 +358,6 @@ def train_model(model_name: str, packed_dir: str | Path, cfg: TrainConfig, out: 
     meta = read_meta(packed_dir)
     train_set = PackedSet(packed_dir, "train")
     val_set = PackedSet(packed_dir, "val")
-    num_classes = len(meta["classes"])
     image_size = int(meta["image_size"])
     if train_set.image_size != image_size:
         raise WbcError(f"{train_set.x_path} holds {train_set.image_size} px images, meta.json says {image_size}")
@@ -365,14 +366,13 @@ def train_model(model_name: str, packed_dir: str | Path, cfg: TrainConfig, out: 
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
         seed_everything(cfg.seed, cfg.threads)
-        return _train(model_name, packed_dir, cfg, out, log_dir, meta, train_set, val_set)
+        return _train(model_name, cfg, out, log_dir, meta, train_set, val_set)
     finally:  # leave the process's torch settings as they were
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
 
 
-def _train(model_name: str, packed_dir: str | Path, cfg: TrainConfig, out: str | Path, log_dir: str | Path | None,
-           meta: dict[str, Any], train_set: PackedSet, val_set: PackedSet) -> TrainResult:
+def _train(model_name: str, cfg: TrainConfig, out: str | Path, log_dir: str | Path | None, meta: dict[str, Any], train_set: PackedSet, val_set: PackedSet) -> TrainResult:
     """The body of `train_model` (after validation and seeding)."""
     num_classes, image_size = len(meta["classes"]), int(meta["image_size"])
     device = select_device(cfg.device)
@@ -450,12 +450,13 @@ def train_headline(model_name: str, compare: Any, packed_dir: str | Path, cfg: T
 
     check_model_name(model_name)
     out, log_dir = Path(out), Path(log_dir)
+    copy = model_name in (compare or [])
+    src = Path(compare_models) / f"{model_name}.pt"
+    if copy and not src.is_file():
+        raise WbcError(f"{src} is missing: run the compare stage first (dvc repro compare)")
     if log_dir.exists():  # the stage owns this folder: no stale files from another model
         shutil.rmtree(log_dir)
-    if model_name in (compare or []):
-        src = Path(compare_models) / f"{model_name}.pt"
-        if not src.is_file():
-            raise WbcError(f"{src} is missing: run the compare stage first (dvc repro compare)")
+    if copy:
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, out)
         src_log = Path(compare_logs) / model_name

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from wbc import split
@@ -40,5 +41,8 @@ def run(args: argparse.Namespace) -> int:
     totals = ", ".join(f"{name} {n:,}" for name, n in summary["totals"].items())
     print(f"{summary['images']:,} images ({summary['mode']}, seed {summary['seed']}): {totals}")
     print(f"leakage audit: {summary['audit']['cross_split_duplicates']} duplicate pair(s) across sets")
+    warning = split.leakage_warning(summary)
+    if warning:
+        print(f"wbc split: warning: {warning}", file=sys.stderr)
     print(f"wrote {out / 'splits.csv'}, {out / 'packed'}/, {out / 'reports'}/")
     return 0
