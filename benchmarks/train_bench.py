@@ -126,7 +126,8 @@ def main() -> int:
         return 1
     lines = [f"# Training benchmark\n",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-             f"{torch.__version__}, {torch.get_num_threads()} threads. Command: `python benchmarks/train_bench.py`\n",
+             f"{torch.__version__}, {torch.get_num_threads()} threads, load average at start {os.getloadavg()[0]:.1f} "
+             f"(figures are only comparable on an idle machine). Command: `python benchmarks/train_bench.py`\n",
              f"## Loader: images/s delivered to the model ({args.n} real PBC JPEGs -> {args.size} px, batch {args.batch}, "
              f"{args.loader_threads} torch thread(s) in the main process)\n",
              "| workers | ours (packed + tensor aug) | ImageFolder + PIL + v2 | ratio |", "|---|---|---|---|"]

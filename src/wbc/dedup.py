@@ -36,8 +36,9 @@ from wbc.errors import ConfigError
 THUMB = 64
 #: Zoom factors precomputed per image (zoom-in about the centre); 1/z is covered by swapping roles.
 ZOOMS = (1.0, 1.05, 1.10)
-#: Radius (in frequency bins) of the band-limited phase correlation: robust to blur and JPEG.
-BAND = 12
+#: Frequency band (radius in bins, (low, high]) of the phase correlation: without the lowest
+#: frequencies (the centred cell blob, shared by distinct cells) and the highest (blur, JPEG).
+BAND = (6, 28)
 #: Embedding: low-frequency window of the Fourier magnitude (|ky| <= EMB_K, 0 <= kx <= EMB_K).
 EMB_K = 8
 
@@ -345,7 +346,7 @@ def _band_mask() -> np.ndarray:
     ky = np.fft.fftfreq(THUMB) * THUMB
     kx = np.fft.rfftfreq(THUMB) * THUMB
     r = np.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)
-    return ((r <= BAND) & (r > 0)).astype(np.float32)
+    return ((r <= BAND[1]) & (r > BAND[0])).astype(np.float32)
 
 
 _BAND_MASK = _band_mask()
