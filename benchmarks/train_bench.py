@@ -26,7 +26,7 @@ from wbc import LABELS
 from wbc.models import MODEL_NAMES, build_model
 from wbc.split import square_resize
 from wbc.store import decode_image
-from wbc.train import PackedSet, augment, make_loader, normalise
+from wbc.train import PackedSet, augment, make_loader, mean_colour, normalise
 
 ZIP = Path(os.environ.get("WBC_SHARED", "../shared")) / "data" / "pbc" / "PBC_dataset_normal_DIB.zip"
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -66,13 +66,14 @@ def rate(batches, limit: int) -> float:
 
 
 def ours(packed: Path, batch: int, workers: int):
-    """Our pipeline: packed mmap -> uint8 batch -> normalise -> flips + rescale on tensors."""
+    """Our pipeline: packed mmap -> uint8 batch -> flips + rescale on uint8 tensors -> normalise."""
     ds = PackedSet(packed, "train")
     gen = torch.Generator().manual_seed(0)
     mean, std = torch.tensor(MEAN), torch.tensor(STD)
+    fill = mean_colour(mean)
     sampler = torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(0))
-    for x, y in make_loader(ds, batch, sampler=sampler, workers=workers):
-        yield augment(normalise(x, mean, std), gen), y
+    for x, y in make_loader(ds, batch, sampler=sampler, workers=workers):  # as wbc.train.Trainer does
+        yield normalise(augment(x, gen, fill=fill), mean, std), y
 
 
 def baseline(folder: Path, size: int, batch: int, workers: int):

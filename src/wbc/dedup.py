@@ -47,7 +47,7 @@ VERIFIED_DEFAULTS: dict[str, Any] = {
     "cand_ahash": 11,       # hash candidates (the paper rule): AHash distance < this ...
     "cand_phash": 14,       # ... and PHash distance < this
     "knn": 12,              # plus each image's k nearest neighbours in the shift-robust embedding
-    "verify_threshold": 0.30,  # band-limited phase-correlation peak needed to confirm a pair
+    "verify_threshold": 0.60,  # band-limited phase-correlation peak needed to confirm a pair
 }
 PAPER_DEFAULTS: dict[str, Any] = {"ahash_threshold": 11, "phash_threshold": 14}
 MODES = ("verified", "paper")
@@ -295,21 +295,27 @@ def knn_pairs(emb: np.ndarray, k: int, emb_b: np.ndarray | None = None, block: i
     kk = min(k, len(other) - (1 if self_join else 0))
     if kk <= 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    i, j = _knn_one_way(emb, other, kk, self_join, block)
+    if not self_join:
+        kb = min(k, len(emb))
+        bj, bi = _knn_one_way(other, emb, kb, False, block)  # neighbours of b's rows among a's
+        i, j = np.concatenate([i, bi]), np.concatenate([j, bj])
+    else:
+        i, j = np.minimum(i, j), np.maximum(i, j)
+    return _unique_pairs(i, j)
+
+
+def _knn_one_way(a: np.ndarray, b: np.ndarray, kk: int, self_join: bool, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) for the kk nearest rows j of b to each row i of a (self excluded when a is b)."""
     pi, pj = [], []
-    for start in range(0, len(emb), block):
-        sim = emb[start:start + block] @ other.T
+    for start in range(0, len(a), block):
+        sim = a[start:start + block] @ b.T
         if self_join:
             sim[np.arange(sim.shape[0]), np.arange(start, start + sim.shape[0])] = -np.inf
         nb = np.argpartition(-sim, kk - 1, axis=1)[:, :kk]
         pi.append(np.repeat(np.arange(start, start + sim.shape[0]), kk))
         pj.append(nb.ravel())
-    i, j = np.concatenate(pi), np.concatenate(pj)
-    if not self_join:
-        bj, bi = knn_pairs(other, k, emb)
-        i, j = np.concatenate([i, bi]), np.concatenate([j, bj])
-    else:
-        i, j = np.minimum(i, j), np.maximum(i, j)
-    return _unique_pairs(i, j)
+    return np.concatenate(pi), np.concatenate(pj)
 
 
 def _unique_pairs(i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

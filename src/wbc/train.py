@@ -3,11 +3,14 @@
 How it works
 - `PackedSet` indexes the memory-mapped `<set>_x.npy` / `<set>_y.npy` with a whole batch of
   indices at once (a `BatchSampler` drives the DataLoader, so there is no per-image Python work).
-- Batches travel as uint8 and become floats on the device: ImageNet normalisation (mean/std from
-  meta.json), then augmentation as ONE batched `grid_sample` per batch: random horizontal and
-  vertical flips and a random rescale (zoom 0.9-1.1, cropped or padded back to S; padding is the
-  mean colour, i.e. 0 after normalisation). Random draws come from a seeded CPU generator, so
-  they do not depend on the device.
+- Training batches are augmented while still uint8 on the CPU (`augment`): random horizontal and
+  vertical flips (exact `torch.flip` on the chosen images) and a random rescale, zoom drawn from
+  5 evenly spaced levels in [scale_min, scale_max] (0.9-1.1); images are grouped by level, so a
+  batch costs at most one bilinear `F.interpolate` per level, computing only the kept pixels
+  (zoom-in: crop the centre, then enlarge; zoom-out: shrink, then pad with the mean colour, i.e.
+  ~0 after normalisation). Random draws come from a seeded CPU generator, so they do not depend
+  on the device. The batch then travels as uint8 and becomes floats on the device: ImageNet
+  normalisation (mean/std from meta.json) in one copy and two in-place passes.
 - Class balancing (`balance`): `sampler` = WeightedRandomSampler (1/class count, seeded generator,
   one epoch = N draws with replacement), `loss` = CrossEntropy weighted N/(C*count), `none`.
 - SGD (momentum) or Adam, StepLR; the best epoch by validation macro-F1 (sklearn, average='macro';
@@ -203,21 +206,78 @@ def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
     return x.to(torch.float32, copy=True).mul_(scale).sub_(shift)  # one copy, two in-place passes
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, scale: tuple[float, float] = (0.9, 1.1)) -> torch.Tensor:
-    """Random h/v flips and rescale of a float batch, in one batched grid_sample.
+SCALE_LEVELS = 5  # discrete zoom factors in [scale_min, scale_max]: one resize call per level and batch
 
-    Each image gets its own draws (from the CPU `generator`): flip left-right and up-down with
-    probability 1/2, zoom by s ~ U(scale) about the centre (s > 1 crops, s < 1 pads with 0).
+
+def scale_levels(scale: tuple[float, float], levels: int = SCALE_LEVELS) -> list[float]:
+    """The discrete zoom factors drawn by `augment` (evenly spaced, one when min == max)."""
+    lo, hi = float(scale[0]), float(scale[1])
+    return [lo] if lo == hi else [lo + (hi - lo) * k / (levels - 1) for k in range(levels)]
+
+
+def _fill_value(fill: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`fill` (a scalar or one value per channel) as a (1, C, 1, 1) tensor of x's dtype and device."""
+    value = torch.as_tensor(fill, dtype=torch.float32).reshape(-1)
+    if x.dtype == torch.uint8:
+        value = value.round().clamp_(0, 255)
+    return value.to(device=x.device, dtype=x.dtype).expand(x.shape[1]).view(1, -1, 1, 1)
+
+
+def _rescale(x: torch.Tensor, s: float, fill: torch.Tensor) -> torch.Tensor:
+    """Zoom a (b, C, S, S) batch by `s` about the centre, back to S px (bilinear, no antialias).
+
+    s > 1: the central round(S/s) px are cropped, then enlarged to S (only pixels that are kept
+    are computed). s < 1: the image shrinks to round(S*s) px, centred on a `fill` background.
+    """
+    size = x.shape[-1]
+    if s > 1:
+        c = max(1, round(size / s))
+        a = (size - c) // 2
+        x = x[:, :, a:a + c, a:a + c].contiguous()  # a contiguous input takes the fast kernel
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+    m = max(1, round(size * s))
+    if m == size:
+        return x
+    out = fill.expand(x.shape[0], -1, size, size).clone()
+    a = (size - m) // 2
+    out[:, :, a:a + m, a:a + m] = F.interpolate(x, size=(m, m), mode="bilinear", align_corners=False,
+                                                antialias=False)
+    return out
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, scale: tuple[float, float] = (0.9, 1.1),
+            fill: float | torch.Tensor = 0.0) -> torch.Tensor:
+    """Random h/v flips and rescale of a (B, C, S, S) batch (uint8 or float); returns a new tensor.
+
+    Each image gets its own draws (from the CPU `generator`, so they do not depend on the device):
+    flip left-right and up-down with probability 1/2 (exact, `torch.flip` on the chosen images),
+    zoom by one of `scale_levels(scale)` (uniform) about the centre: s > 1 crops, s < 1 pads with
+    `fill` (0 = the mean colour of a normalised batch; pass the mean colour for a uint8 batch).
+    Images are grouped by zoom level, so there is one bilinear `interpolate` per level, and a uint8
+    batch stays uint8 (the fast, 4x smaller path: normalise afterwards).
     """
     b = x.shape[0]
-    flips = torch.randint(0, 2, (b, 2), generator=generator).float() * -2 + 1  # +1 or -1
-    s = torch.empty(b).uniform_(scale[0], scale[1], generator=generator)
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0] = flips[:, 0] / s
-    theta[:, 1, 1] = flips[:, 1] / s
-    theta = theta.to(device=x.device, dtype=x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    levels = scale_levels(scale)
+    flips = torch.randint(0, 2, (b, 2), generator=generator).tolist()
+    pick = torch.randint(0, len(levels), (b,), generator=generator)
+    out = torch.empty_like(x)
+    for i, (left_right, up_down) in enumerate(flips):  # per-image copies: cheaper than index_put
+        dims = [d for d, on in ((1, up_down), (2, left_right)) if on]  # dims of one (C, S, S) image
+        out[i].copy_(x[i].flip(dims) if dims else x[i])
+    value = _fill_value(fill, x)
+    for k, s in enumerate(levels):
+        idx = (pick == k).nonzero().flatten()
+        if s == 1.0 or not len(idx):
+            continue
+        scaled = _rescale(out.index_select(0, idx.to(x.device)), s, value)
+        for j, i in enumerate(idx.tolist()):
+            out[i].copy_(scaled[j])
+    return out
+
+
+def mean_colour(mean: torch.Tensor) -> torch.Tensor:
+    """The dataset mean colour on the uint8 scale (0-255): the padding of uint8 augmentation."""
+    return (mean.detach().float().cpu() * 255.0).round()
 
 
 # ----------------------------------------------------------------------------- runtime
@@ -271,6 +331,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda)
         self.aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.fill = mean_colour(self.mean)  # uint8 padding of the zoom-out augmentation
 
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
         x = normalise(x.to(self.device, non_blocking=True), self.mean, self.std)
@@ -287,9 +348,9 @@ class Trainer:
             if self.cfg.max_steps is not None and step >= self.cfg.max_steps:
                 break
             y = y.to(self.device, non_blocking=True)
+            if self.cfg.augment:  # on the uint8 CPU batch: 4x less data to resize and to transfer
+                x = augment(x, self.aug_gen, (self.cfg.scale_min, self.cfg.scale_max), fill=self.fill)
             x = self._inputs(x)
-            if self.cfg.augment:
-                x = augment(x, self.aug_gen, (self.cfg.scale_min, self.cfg.scale_max))
             self.optimizer.zero_grad(set_to_none=True)
             with self._autocast():
                 logits = self.model(x)

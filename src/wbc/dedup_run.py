@@ -1,0 +1,168 @@
+"""Applying duplicate removal (wbc.dedup) to an ingest manifest: the kept manifest, the group
+table, the per-source x class summary with both modes' pair counts, the cross-source / cross-split
+audit and the montage of the largest groups. Used by the `dedup` stage."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from wbc import LABELS, dedup, plots, sources
+from wbc.ingest import write_manifest
+from wbc.store import ImageStore
+
+
+@dataclass
+class DedupOutcome:
+    kept: pd.DataFrame       # manifest rows kept (label rewritten by on_conflict=majority)
+    groups: pd.DataFrame     # one row per image in a group of two or more
+    audit: pd.DataFrame      # confirmed pairs across sources or across the sources' own splits
+    summary: dict[str, Any]
+
+
+def _source_split(source_id: str) -> str:
+    try:
+        return str(sources.get_source(source_id).get("split", ""))
+    except Exception:  # a user's own manifest: sources outside the registry
+        return ""
+
+
+def run(manifest: pd.DataFrame, store_root: str | Path, params: dict[str, Any]) -> DedupOutcome:
+    """Deduplicate the canonical-label rows of `manifest` (stored images) with the params' mode;
+    the other mode is computed on the same features for the side-by-side counts."""
+    mode = params.get("mode", "verified")
+    if mode not in dedup.MODES:
+        from wbc.errors import ConfigError
+        raise ConfigError(f"dedup.mode {mode!r} is unknown; valid: {', '.join(dedup.MODES)}")
+    on_conflict = params.get("on_conflict", "drop")
+    rows = manifest[manifest["label"].isin(LABELS)].sort_values("id", kind="stable").reset_index(drop=True)
+    stored = rows[(rows["status"] == "ok") & (rows["shard"] >= 0)]
+    store = ImageStore(store_root)
+    where = {r.id: (int(r.shard), int(r.offset), int(r.length)) for r in stored.itertuples(index=False)}
+    feats = dedup.hash_images(lambda key: store.read(*where[key]), list(where), int(params.get("workers", 0) or 0))
+
+    extra = {k: v for k, v in params.items() if k not in ("mode", "on_conflict", "workers")}
+    results = {m: dedup.find_groups(feats, m, **extra) for m in dedup.MODES}
+    res = results[mode]
+    by_id = rows.set_index("id")
+    labels = by_id.loc[feats.keys, "label"].to_numpy()
+    keep, conflict, new_labels = dedup.resolve_conflicts(res, labels, feats.sharpness, feats.keys, on_conflict)
+
+    status = pd.Series("quarantined", index=rows["id"])          # in = kept + removed + conflict + quarantined
+    reason = rows.set_index("id")["reason"].copy()
+    idx = pd.Index(feats.keys)
+    status.loc[idx[keep]] = "kept"
+    status.loc[idx[~keep & ~conflict]] = "duplicate"
+    status.loc[idx[conflict & ~keep]] = "conflict"
+    for key, why in feats.errors.items():
+        reason.loc[key] = f"unreadable in dedup: {why}"
+
+    kept = rows[rows["id"].isin(idx[keep])].copy()
+    relabel = dict(zip(feats.keys, new_labels))
+    kept["label"] = kept["id"].map(relabel)
+    groups = _group_table(feats, res, keep, conflict, by_id)
+    audit = _audit(feats, res, by_id)
+    summary = _summary(rows, status, results, mode, on_conflict, groups, audit)
+    return DedupOutcome(kept.reset_index(drop=True), groups, audit, summary)
+
+
+def _group_table(feats, res, keep, conflict, by_id) -> pd.DataFrame:
+    sizes = res.group_sizes()
+    members = np.flatnonzero(sizes > 1)
+    best = res.best_pair_stats()
+    # renumber groups 1..G in order of first member id, so ids are stable and readable
+    order = {g: n + 1 for n, g in enumerate(dict.fromkeys(res.group[members]))}
+    table = pd.DataFrame({
+        "group": [order[res.group[i]] for i in members],
+        "id": [feats.keys[i] for i in members],
+        "source": [by_id.at[feats.keys[i], "source"] for i in members],
+        "member": [by_id.at[feats.keys[i], "member"] for i in members],
+        "label": [by_id.at[feats.keys[i], "label"] for i in members],
+        "size": sizes[members],
+        "kept": keep[members],
+        "conflict": conflict[members],
+        "sharpness": np.round(feats.sharpness[members], 4),
+        "ahash_dist": [best["ahash_dist"].get(i, np.nan) for i in members],
+        "phash_dist": [best["phash_dist"].get(i, np.nan) for i in members],
+        "score": [best["score"].get(i, np.nan) for i in members],
+    })
+    return table.sort_values(["group", "id"], kind="stable").reset_index(drop=True)
+
+
+def _audit(feats, res, by_id) -> pd.DataFrame:
+    """Confirmed pairs joining two sources, or two different own-splits of the sources."""
+    c = res.pairs[res.pairs["confirmed"]]
+    a = [feats.keys[i] for i in c["i"]]
+    b = [feats.keys[j] for j in c["j"]]
+    df = pd.DataFrame({"id_a": a, "id_b": b, "ahash_dist": c["ahash_dist"].to_numpy(),
+                       "phash_dist": c["phash_dist"].to_numpy(), "score": c["score"].to_numpy(),
+                       "exact": c["exact"].to_numpy()})
+    df["source_a"] = [by_id.at[x, "source"] for x in df["id_a"]]
+    df["source_b"] = [by_id.at[x, "source"] for x in df["id_b"]]
+    df["split_a"] = df["source_a"].map(_source_split)
+    df["split_b"] = df["source_b"].map(_source_split)
+    df = df[(df["source_a"] != df["source_b"]) | (df["split_a"] != df["split_b"])]
+    cols = ["source_a", "split_a", "id_a", "source_b", "split_b", "id_b", "ahash_dist", "phash_dist", "score", "exact"]
+    return df[cols].sort_values(["id_a", "id_b"], kind="stable").reset_index(drop=True)
+
+
+def _summary(rows, status, results, mode, on_conflict, groups, audit) -> dict[str, Any]:
+    per: dict[str, Any] = {}
+    frame = rows[["id", "source", "label"]].assign(state=status.reindex(rows["id"]).to_numpy())
+    for (src, label), g in frame.groupby(["source", "label"], sort=True):
+        counts = g["state"].value_counts()
+        entry = {"in": int(len(g)), "duplicates_removed": int(counts.get("duplicate", 0)),
+                 "conflicts_dropped": int(counts.get("conflict", 0)),
+                 "quarantined": int(counts.get("quarantined", 0)), "kept": int(counts.get("kept", 0))}
+        assert entry["in"] == sum(v for k, v in entry.items() if k != "in"), "dedup counts do not reconcile"
+        per.setdefault(src, {})[label] = entry
+    totals = {k: sum(e[k] for s in per.values() for e in s.values())
+              for k in ("in", "duplicates_removed", "conflicts_dropped", "quarantined", "kept")}
+    pairs = {m: {"candidate_pairs": r.n_candidates, "confirmed_pairs": r.n_confirmed,
+                 "exact_pairs": int(r.pairs["exact"].sum()),
+                 "groups": int((np.bincount(r.group) > 1).sum()) if len(r.group) else 0,
+                 "images_removed": int((~r.keep).sum())}
+             for m, r in results.items()}
+    conflicts = groups[groups["conflict"]]
+    audit_counts = (audit.groupby(["source_a", "split_a", "source_b", "split_b"]).size()
+                    .rename("pairs").reset_index().to_dict("records")) if len(audit) else []
+    return {
+        "mode": mode, "on_conflict": on_conflict, "totals": totals, "sources": per, "pairs": pairs,
+        "label_conflicts": {"groups": int(conflicts["group"].nunique()),
+                            "examples": [sorted(g["id"].tolist()) for _, g in conflicts.groupby("group")][:10]},
+        "audit": {"pairs": int(len(audit)), "by_pair": audit_counts,
+                  "examples": audit.head(10)[["id_a", "id_b", "score"]].to_dict("records")},
+    }
+
+
+def montage(groups: pd.DataFrame, store_root: str | Path, manifest: pd.DataFrame, path: str | Path,
+            max_groups: int = 8, max_members: int = 6) -> Path:
+    """The largest groups, one row each, the kept image framed in green (as the paper's Fig. 6)."""
+    store = ImageStore(store_root)
+    by_id = manifest.set_index("id")
+    sizes = groups.groupby("group")["size"].first().sort_values(ascending=False, kind="stable")
+    rows, captions, marks = [], [], []
+    for g in sizes.index[:max_groups]:
+        members = groups[groups["group"] == g].head(max_members)
+        label = "/".join(sorted(set(members["label"])))
+        rows.append((f"group {g}: {label}", [store.load_rgb(by_id.loc[i]) for i in members["id"]]))
+        captions.append([f"{s} {sh:.1f}" for s, sh in zip(members["source"], members["sharpness"])])
+        marks.append(members["kept"].tolist())
+    if not rows:
+        rows = [("no duplicate groups", [])]
+        captions, marks = [[]], [[]]
+    return plots.image_grid(rows, path, title="Largest duplicate groups (green: kept; caption: source, sharpness)",
+                            captions=captions, marks=marks)
+
+
+def save(outcome: DedupOutcome, kept_path: str | Path, report_dir: str | Path) -> None:
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    write_manifest(outcome.kept, kept_path)
+    outcome.groups.to_csv(report_dir / "groups.csv", index=False)
+    outcome.audit.to_csv(report_dir / "audit.csv", index=False)
+    (report_dir / "summary.json").write_text(json.dumps(outcome.summary, indent=2, sort_keys=True) + "\n")
