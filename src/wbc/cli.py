@@ -20,7 +20,11 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wbc", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="wbc",
+        description="wbc-repro: white-blood-cell datasets (PBC, Raabin-WBC) — synthesize, download, ingest, "
+        "deduplicate, split, train, evaluate and predict. Every pipeline stage is also a command here.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, module in COMMANDS.items():

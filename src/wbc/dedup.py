@@ -7,9 +7,11 @@ Pipeline (one decode per image, see `image_features`):
      Fourier magnitude of the thumbnail).
   2. candidates: vectorised, blocked Hamming search over packed uint64 codes (`hamming_pairs`);
      in verified mode, loosened hash thresholds united with nearest neighbours of the embedding.
-  3. verification (verified mode): band-limited phase correlation over a small zoom search; the
-     score is the correlation peak (1 = identical, ~0.05 = unrelated). Byte-identical images
-     (same sha256) are duplicates in both modes.
+  3. verification (verified mode): alignment by band-limited phase correlation over a small zoom
+     search, then normalised cross-correlation of the aligned thumbnails, separately over the central
+     disc (the white cell) and over its surroundings (red cells that move with it in a re-imaged
+     field); score = min of the two (see `verify_pairs`). Byte-identical images (same sha256) are
+     duplicates in both modes.
   4. groups: connected components by breadth-first search; a group keeps its sharpest image,
      ties broken by the smallest key.
 """
@@ -47,7 +49,8 @@ VERIFIED_DEFAULTS: dict[str, Any] = {
     "cand_ahash": 11,       # hash candidates (the paper rule): AHash distance < this ...
     "cand_phash": 14,       # ... and PHash distance < this
     "knn": 12,              # plus each image's k nearest neighbours in the shift-robust embedding
-    "verify_threshold": 0.60,  # band-limited phase-correlation peak needed to confirm a pair
+    "verify_threshold": 0.80,  # min(centre NCC, surroundings NCC) after alignment needed to confirm a pair
+    "centre": 0.30,         # radius of the central disc (the white cell), as a fraction of the image side
 }
 PAPER_DEFAULTS: dict[str, Any] = {"ahash_threshold": 11, "phash_threshold": 14}
 MODES = ("verified", "paper")
@@ -371,23 +374,61 @@ def spectra(thumbs: np.ndarray, block: int = 1024) -> np.ndarray:
     return out
 
 
-def verify_pairs(spec_a: np.ndarray, i: np.ndarray, j: np.ndarray, spec_b: np.ndarray | None = None,
-                 block: int = 1024, desc: str = "dedup verify") -> np.ndarray:
-    """Verification score of pairs (a[i], b[j]) from cached `spectra`: the best band-limited
-    phase-correlation peak over all shifts and over zooms (a at 1 vs b at each zoom, each zoom of a vs b).
+_YY, _XX = np.mgrid[0:THUMB, 0:THUMB]
+_C = (THUMB - 1) / 2.0
+_COMBOS = [(0, z) for z in range(len(ZOOMS))] + [(z, 0) for z in range(1, len(ZOOMS))]
 
-    1.0 = the same field; unrelated cells score low. Tolerant to shift (the peak moves), zoom
-    (searched), blur and JPEG (high frequencies left out), exposure (phase only).
+
+def _masked_ncc(a: np.ndarray, b: np.ndarray, w: np.ndarray, min_frac: float = 0.08) -> np.ndarray:
+    """Normalised cross-correlation of image stacks a, b (n, T, T) over the 0/1 weights w; 0 when the
+    masked area is below `min_frac` of the thumbnail."""
+    nw = w.sum((1, 2)) + 1e-6
+    a0 = (a - ((a * w).sum((1, 2)) / nw)[:, None, None]) * w
+    b0 = (b - ((b * w).sum((1, 2)) / nw)[:, None, None]) * w
+    ncc = (a0 * b0).sum((1, 2)) / np.sqrt((a0 ** 2).sum((1, 2)) * (b0 ** 2).sum((1, 2)) + 1e-6)
+    return np.where(nw < min_frac * THUMB * THUMB, 0.0, ncc)
+
+
+def _peak_shift(spec_a: np.ndarray, spec_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Translation (dy, dx) in [-T/2, T/2) with a(x) ~ b(x - d): the band-limited phase-correlation peak."""
+    r = scipy.fft.irfft2(spec_a * np.conj(spec_b), s=(THUMB, THUMB), workers=-1).reshape(len(spec_a), -1)
+    pk = r.argmax(axis=1)
+    dy, dx = pk // THUMB, pk % THUMB
+    return np.where(dy >= THUMB // 2, dy - THUMB, dy), np.where(dx >= THUMB // 2, dx - THUMB, dx)
+
+
+def verify_pairs(spec_a: np.ndarray, thumbs_a: np.ndarray, i: np.ndarray, j: np.ndarray,
+                 spec_b: np.ndarray | None = None, thumbs_b: np.ndarray | None = None,
+                 centre: float = 0.3, block: int = 1024, desc: str = "dedup verify") -> np.ndarray:
+    """Verification score of pairs (a[i], b[j]): align, then correlate the centre AND the surroundings.
+
+    For each zoom combination (a at 1 vs b at each zoom, each zoom of a vs b) the translation is the
+    band-limited phase-correlation peak; b's thumbnail is shifted onto a's and the normalised
+    cross-correlation is measured separately inside the central disc (radius `centre` x side, around
+    either image's centre: the white cell) and outside it (the field around the cell: red cells,
+    platelets). The pair score is the best over zooms of min(centre NCC, surroundings NCC):
+    a re-imaged field moves as a whole and scores ~0.9-1, distinct cells sharing a similar centred
+    blob have uncorrelated surroundings (< ~0.8), and the same cell pasted on another field fails too.
     """
     spec_b = spec_a if spec_b is None else spec_b
+    thumbs_b = thumbs_a if thumbs_b is None else thumbs_b
     scores = np.zeros(len(i), np.float32)
-    combos = [(0, z) for z in range(len(ZOOMS))] + [(z, 0) for z in range(1, len(ZOOMS))]
+    rad2 = (centre * THUMB) ** 2
+    inner_a = ((_YY - _C) ** 2 + (_XX - _C) ** 2 <= rad2)[None]
     for start in tqdm(range(0, len(i), block), desc=desc, disable=None, leave=False):
         bi, bj = i[start:start + block], j[start:start + block]
-        fa, fb = spec_a[bi], spec_b[bj]
-        cross = np.stack([fa[:, za] * np.conj(fb[:, zb]) for za, zb in combos], axis=1)
-        r = scipy.fft.irfft2(cross, s=(THUMB, THUMB), workers=-1)
-        scores[start:start + len(bi)] = r.reshape(len(bi), -1).max(axis=1) * (THUMB * THUMB) / _BAND_N
+        best = np.full(len(bi), -1.0, np.float32)
+        for za, zb in _COMBOS:
+            dy, dx = _peak_shift(spec_a[bi, za], spec_b[bj, zb])
+            yy, xx = _YY[None] - dy[:, None, None], _XX[None] - dx[:, None, None]
+            valid = (yy >= 0) & (yy < THUMB) & (xx >= 0) & (xx < THUMB)
+            a = thumbs_a[bi, za].astype(np.float32)
+            b = thumbs_b[bj[:, None, None], zb, np.clip(yy, 0, THUMB - 1), np.clip(xx, 0, THUMB - 1)].astype(np.float32)
+            inner = inner_a | ((yy - _C) ** 2 + (xx - _C) ** 2 <= rad2)
+            ring = _masked_ncc(a, b, (valid & ~inner).astype(np.float32))
+            cen = _masked_ncc(a, b, (valid & inner).astype(np.float32))
+            best = np.maximum(best, np.minimum(ring, cen))
+        scores[start:start + len(bi)] = best
     return scores
 
 
@@ -512,12 +553,12 @@ def confirm(f: Features, df: pd.DataFrame, mode: str, p: dict[str, Any], other: 
         sa = np.zeros((len(f), *spectra(f.thumbs[:0]).shape[1:]), np.complex64)  # untouched rows stay lazy
         sa[used_a] = spectra(f.thumbs[used_a])
         if other is None:
-            score = verify_pairs(sa, ii, jj)
+            score = verify_pairs(sa, f.thumbs, ii, jj, centre=float(p["centre"]))
         else:
             used_b = np.unique(jj)
             sb = np.zeros((len(other), *sa.shape[1:]), np.complex64)
             sb[used_b] = spectra(other.thumbs[used_b])
-            score = verify_pairs(sa, ii, jj, sb)
+            score = verify_pairs(sa, f.thumbs, ii, jj, sb, other.thumbs, centre=float(p["centre"]))
     else:
         score = np.zeros(0, np.float32)
     df = df.assign(score=np.round(score.astype(np.float64), 4))

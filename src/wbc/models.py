@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torchvision
-from torch import nn
+if TYPE_CHECKING:  # torch is imported inside the functions: `wbc --help` stays fast
+    import torch
+    import torchvision
+    from torch import nn
+
 
 from wbc.errors import ConfigError, WbcError
 
@@ -66,11 +68,13 @@ def check_image_size(name: str, image_size: int) -> int:
 
 def weights_enum(name: str) -> torchvision.models.WeightsEnum:
     """The torchvision ImageNet weights used for `name` when pretrained."""
+    import torchvision
     return torchvision.models.get_model_weights(check_model_name(name))[WEIGHTS_TAG]
 
 
 def weights_cache_path(name: str) -> Path:
     """Where torch looks for the pretrained weights file of `name` (follows TORCH_HOME)."""
+    import torch
     filename = os.path.basename(weights_enum(name).url)
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
@@ -81,6 +85,7 @@ def ensure_weights(name: str) -> Path:
     Raises ConfigError (naming the file, the cache folder and the two fixes) when the file is
     missing and cannot be downloaded (e.g. offline).
     """
+    import torch
     path = weights_cache_path(name)
     if path.is_file():
         return path
@@ -102,6 +107,7 @@ def ensure_weights(name: str) -> Path:
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     """Replace the model's last nn.Linear (its classifier head) by a new `num_classes` one."""
+    from torch import nn
     last = None
     for qualname, module in model.named_modules():
         if isinstance(module, nn.Linear):
@@ -117,6 +123,7 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
 
 def _build_vit(num_classes: int, pretrained: bool, image_size: int) -> nn.Module:
     """vit_b_16 at `image_size`; pretrained position embeddings interpolated from 224 px."""
+    import torchvision
     from torchvision.models.vision_transformer import interpolate_embeddings
 
     model = torchvision.models.vit_b_16(weights=None, image_size=image_size)
@@ -135,6 +142,7 @@ def build_model(name: str, num_classes: int, pretrained: bool = False, image_siz
     `pretrained=True` loads torchvision's IMAGENET1K_V1 weights (everything but the new head).
     Raises ConfigError for unknown names, impossible sizes, or missing weights offline.
     """
+    import torchvision
     check_model_name(name)
     check_image_size(name, image_size)
     if num_classes < 2:
@@ -153,6 +161,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, model_name: str, clas
                     image_size: int, mean: list[float], std: list[float], params: dict[str, Any],
                     best_epoch: int, val_macro_f1: float) -> Path:
     """Write the docs/design.md checkpoint (weights as contiguous CPU tensors)."""
+    import torch
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
@@ -178,6 +187,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
 
     `meta` holds every checkpoint key except `state_dict`.
     """
+    import torch
     path = Path(path)
     if not path.is_file():
         raise WbcError(f"checkpoint not found: {path}")
