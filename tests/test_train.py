@@ -13,7 +13,7 @@ from wbc.cli import main as cli_main
 from wbc.errors import ConfigError
 from wbc.models import load_checkpoint
 from wbc.train import (PackedSet, TrainConfig, Trainer, augment, balanced_sampler, loss_weights, make_loader,
-                       normalise, select_device, train_headline, train_model, check_model_list)
+                       mean_colour, normalise, scale_levels, select_device, train_headline, train_model, check_model_list)
 
 SIZE = 32
 COLOURS = np.array([[220, 30, 30], [30, 220, 30], [30, 30, 220], [220, 220, 30], [220, 30, 220]], np.uint8)
@@ -87,6 +87,31 @@ def test_augment_rescale_pads_or_crops() -> None:
     row = zoomed[0, 0, 8]
     spread = (row.max() - row.min()).item()
     assert spread == pytest.approx(15 / 1.25, abs=0.6)  # a 1.25x zoom shows 80 % of the columns
+
+
+def test_augment_uint8_zoom_levels_pad_with_fill_colour() -> None:
+    assert scale_levels((0.8, 1.2)) == pytest.approx([0.8, 0.9, 1.0, 1.1, 1.2])
+    assert scale_levels((1.1, 1.1)) == [1.1]
+    fill = mean_colour(torch.tensor([10 / 255, 20 / 255, 30 / 255]))
+    assert fill.tolist() == [10.0, 20.0, 30.0]
+    x = torch.full((60, 3, 20, 20), 200, dtype=torch.uint8)
+    out = augment(x, torch.Generator().manual_seed(2), scale=(0.8, 1.2), fill=fill)
+    assert out.dtype == torch.uint8 and out.shape == x.shape and torch.equal(x, torch.full_like(x, 200))
+    padded = (out[:, :, 0, 0] == fill.to(torch.uint8)).all(1)
+    assert torch.all(out[~padded] == 200) and torch.all(out[:, :, 10, 10] == 200)
+    # zoom 0.8 -> 16 px image (4 px of padding per row), 0.9 -> 18 px (2 px): one width per level
+    widths = sorted({int((out[i, 0, 10] == 10).sum()) for i in padded.nonzero().flatten().tolist()})
+    assert widths == [2, 4]
+    assert 10 < int(padded.sum()) < 40  # about 2/5 of the images zoom out
+    assert torch.equal(out, augment(x, torch.Generator().manual_seed(2), scale=(0.8, 1.2), fill=fill))
+
+
+def test_augment_uint8_matches_float_path() -> None:
+    x = torch.randint(0, 256, (12, 3, 24, 24), dtype=torch.uint8)
+    a = augment(x, torch.Generator().manual_seed(5), scale=(0.9, 1.1), fill=128.0)
+    b = augment(x.float(), torch.Generator().manual_seed(5), scale=(0.9, 1.1), fill=128.0)
+    diff = (a.float() - b).abs()
+    assert diff.max() < 1.01 and diff.mean() < 0.3  # same draws and geometry; the uint8 kernel rounds
 
 
 def test_balanced_sampler_equalises_classes() -> None:
