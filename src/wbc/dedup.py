@@ -10,8 +10,8 @@ Pipeline (one decode per image, see `image_features`):
   3. verification (verified mode): alignment by band-limited phase correlation over a small zoom
      search, then normalised cross-correlation of the aligned thumbnails, separately over the central
      disc (the white cell) and over its surroundings (red cells that move with it in a re-imaged
-     field); score = min of the two (see `verify_pairs`). Byte-identical images (same sha256) are
-     duplicates in both modes.
+     field); score = min of the two, and the centred cells must coincide (small translation; see
+     `verify_pairs`). Byte-identical images (same sha256) are duplicates in both modes.
   4. groups: connected components by breadth-first search; a group keeps its sharpest image,
      ties broken by the smallest key.
 """
@@ -51,6 +51,7 @@ VERIFIED_DEFAULTS: dict[str, Any] = {
     "knn": 12,              # plus each image's k nearest neighbours in the shift-robust embedding
     "verify_threshold": 0.80,  # min(centre NCC, surroundings NCC) after alignment needed to confirm a pair
     "centre": 0.30,         # radius of the central disc (the white cell), as a fraction of the image side
+    "max_offset": 0.20,     # the centred cells must coincide: translation <= this fraction of the side
 }
 PAPER_DEFAULTS: dict[str, Any] = {"ahash_threshold": 11, "phash_threshold": 14}
 MODES = ("verified", "paper")
@@ -389,47 +390,65 @@ def _masked_ncc(a: np.ndarray, b: np.ndarray, w: np.ndarray, min_frac: float = 0
     return np.where(nw < min_frac * THUMB * THUMB, 0.0, ncc)
 
 
-def _peak_shift(spec_a: np.ndarray, spec_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Translation (dy, dx) in [-T/2, T/2) with a(x) ~ b(x - d): the band-limited phase-correlation peak."""
-    r = scipy.fft.irfft2(spec_a * np.conj(spec_b), s=(THUMB, THUMB), workers=-1).reshape(len(spec_a), -1)
-    pk = r.argmax(axis=1)
-    dy, dx = pk // THUMB, pk % THUMB
-    return np.where(dy >= THUMB // 2, dy - THUMB, dy), np.where(dx >= THUMB // 2, dx - THUMB, dx)
+def _best_alignment(spec_a: np.ndarray, spec_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per pair, the zoom combination (_COMBOS index) and translation (dy, dx) in [-T/2, T/2) with
+    a(x) ~ b(x - d) maximising the band-limited phase-correlation peak, and that peak."""
+    n = len(spec_a)
+    best = np.full(n, -np.inf, np.float32)
+    combo = np.zeros(n, np.int64)
+    pos = np.zeros(n, np.int64)
+    for c, (a_z, b_z) in enumerate(_COMBOS):
+        r = scipy.fft.irfft2(spec_a[:, a_z] * np.conj(spec_b[:, b_z]), s=(THUMB, THUMB), workers=-1).reshape(n, -1)
+        pk = r.argmax(axis=1)
+        val = r[np.arange(n), pk]
+        upd = val > best
+        best[upd], combo[upd], pos[upd] = val[upd], c, pk[upd]
+    dy, dx = pos // THUMB, pos % THUMB
+    dy = np.where(dy >= THUMB // 2, dy - THUMB, dy)
+    dx = np.where(dx >= THUMB // 2, dx - THUMB, dx)
+    return combo, dy, dx, best * (THUMB * THUMB) / _BAND_N
 
 
 def verify_pairs(spec_a: np.ndarray, thumbs_a: np.ndarray, i: np.ndarray, j: np.ndarray,
                  spec_b: np.ndarray | None = None, thumbs_b: np.ndarray | None = None,
-                 centre: float = 0.3, block: int = 1024, desc: str = "dedup verify") -> np.ndarray:
+                 centre: float = 0.3, block: int = 1024, desc: str = "dedup verify",
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Verification score of pairs (a[i], b[j]): align, then correlate the centre AND the surroundings.
 
-    For each zoom combination (a at 1 vs b at each zoom, each zoom of a vs b) the translation is the
-    band-limited phase-correlation peak; b's thumbnail is shifted onto a's and the normalised
+    The alignment (zoom combination: a at 1 vs b at each zoom, each zoom of a vs b; translation) is
+    the highest band-limited phase-correlation peak; b's thumbnail is shifted onto a's and the normalised
     cross-correlation is measured separately inside the central disc (radius `centre` x side, around
     either image's centre: the white cell) and outside it (the field around the cell: red cells,
-    platelets). The pair score is the best over zooms of min(centre NCC, surroundings NCC):
+    platelets). The pair score is min(centre NCC, surroundings NCC):
     a re-imaged field moves as a whole and scores ~0.9-1, distinct cells sharing a similar centred
     blob have uncorrelated surroundings (< ~0.8), and the same cell pasted on another field fails too.
+
+    Returns (score, offset): offset = length of the translation as a fraction of the side, i.e. how far
+    the centred cell of b lies from that of a (PBC images one field once per centred cell: two
+    neighbouring cells give two images of one field with offset ~0.3-0.5, which are distinct cells).
     """
     spec_b = spec_a if spec_b is None else spec_b
     thumbs_b = thumbs_a if thumbs_b is None else thumbs_b
     scores = np.zeros(len(i), np.float32)
+    offsets = np.zeros(len(i), np.float32)
     rad2 = (centre * THUMB) ** 2
     inner_a = ((_YY - _C) ** 2 + (_XX - _C) ** 2 <= rad2)[None]
+    zoom_a = np.array([c[0] for c in _COMBOS])
+    zoom_b = np.array([c[1] for c in _COMBOS])
     for start in tqdm(range(0, len(i), block), desc=desc, disable=None, leave=False):
         bi, bj = i[start:start + block], j[start:start + block]
-        best = np.full(len(bi), -1.0, np.float32)
-        for za, zb in _COMBOS:
-            dy, dx = _peak_shift(spec_a[bi, za], spec_b[bj, zb])
-            yy, xx = _YY[None] - dy[:, None, None], _XX[None] - dx[:, None, None]
-            valid = (yy >= 0) & (yy < THUMB) & (xx >= 0) & (xx < THUMB)
-            a = thumbs_a[bi, za].astype(np.float32)
-            b = thumbs_b[bj[:, None, None], zb, np.clip(yy, 0, THUMB - 1), np.clip(xx, 0, THUMB - 1)].astype(np.float32)
-            inner = inner_a | ((yy - _C) ** 2 + (xx - _C) ** 2 <= rad2)
-            ring = _masked_ncc(a, b, (valid & ~inner).astype(np.float32))
-            cen = _masked_ncc(a, b, (valid & inner).astype(np.float32))
-            best = np.maximum(best, np.minimum(ring, cen))
-        scores[start:start + len(bi)] = best
-    return scores
+        combo, dy, dx, _ = _best_alignment(spec_a[bi], spec_b[bj])
+        yy, xx = _YY[None] - dy[:, None, None], _XX[None] - dx[:, None, None]
+        valid = (yy >= 0) & (yy < THUMB) & (xx >= 0) & (xx < THUMB)
+        a = thumbs_a[bi, zoom_a[combo]].astype(np.float32)
+        b = thumbs_b[bj[:, None, None], zoom_b[combo][:, None, None],
+                     np.clip(yy, 0, THUMB - 1), np.clip(xx, 0, THUMB - 1)].astype(np.float32)
+        inner = inner_a | ((yy - _C) ** 2 + (xx - _C) ** 2 <= rad2)
+        ring = _masked_ncc(a, b, (valid & ~inner).astype(np.float32))
+        cen = _masked_ncc(a, b, (valid & inner).astype(np.float32))
+        scores[start:start + len(bi)] = np.minimum(ring, cen)
+        offsets[start:start + len(bi)] = np.hypot(dy, dx) / THUMB
+    return scores, offsets
 
 
 # --------------------------------------------------------------------------- groups
@@ -480,7 +499,7 @@ class GroupResult:
     mode: str
     group: np.ndarray
     keep: np.ndarray
-    pairs: pd.DataFrame   # i, j, ahash_dist, phash_dist, score, exact, candidate, confirmed
+    pairs: pd.DataFrame   # i, j, ahash_dist, phash_dist, score, offset, exact, candidate, confirmed
     params: dict[str, Any]
 
     @property
@@ -546,26 +565,28 @@ def candidate_pairs(f: Features, mode: str, p: dict[str, Any], other: Features |
 
 def confirm(f: Features, df: pd.DataFrame, mode: str, p: dict[str, Any], other: Features | None = None) -> pd.DataFrame:
     """Score and confirm candidate pairs: exact copies always; paper mode every candidate;
-    verified mode candidates with verification score >= verify_threshold."""
+    verified mode candidates with verification score >= verify_threshold whose centred cells coincide
+    (offset <= max_offset). `score` and `offset` (see `verify_pairs`) are reported in both modes."""
     ii, jj = df["i"].to_numpy(np.int64), df["j"].to_numpy(np.int64)
     if len(df):
         used_a = np.unique(ii if other is not None else np.concatenate([ii, jj]))
         sa = np.zeros((len(f), *spectra(f.thumbs[:0]).shape[1:]), np.complex64)  # untouched rows stay lazy
         sa[used_a] = spectra(f.thumbs[used_a])
         if other is None:
-            score = verify_pairs(sa, f.thumbs, ii, jj, centre=float(p["centre"]))
+            score, offset = verify_pairs(sa, f.thumbs, ii, jj, centre=float(p["centre"]))
         else:
             used_b = np.unique(jj)
             sb = np.zeros((len(other), *sa.shape[1:]), np.complex64)
             sb[used_b] = spectra(other.thumbs[used_b])
-            score = verify_pairs(sa, f.thumbs, ii, jj, sb, other.thumbs, centre=float(p["centre"]))
+            score, offset = verify_pairs(sa, f.thumbs, ii, jj, sb, other.thumbs, centre=float(p["centre"]))
     else:
-        score = np.zeros(0, np.float32)
-    df = df.assign(score=np.round(score.astype(np.float64), 4))
+        score = offset = np.zeros(0, np.float32)
+    df = df.assign(score=np.round(score.astype(np.float64), 4), offset=np.round(offset.astype(np.float64), 4))
     if mode == "paper":
         df["confirmed"] = df["candidate"] | df["exact"]
     else:
-        df["confirmed"] = df["exact"] | (df["candidate"] & (df["score"] >= float(p["verify_threshold"])))
+        same = (df["score"] >= float(p["verify_threshold"])) & (df["offset"] <= float(p["max_offset"]))
+        df["confirmed"] = df["exact"] | (df["candidate"] & same)
     return df
 
 
@@ -576,7 +597,7 @@ def find_groups(features: Features, mode: str = "verified", **params: Any) -> Gr
     c = df[df["confirmed"]]
     comp = components(len(features), c["i"].to_numpy(), c["j"].to_numpy())
     keep = choose_kept(comp, features.sharpness, features.keys)
-    cols = ["i", "j", "ahash_dist", "phash_dist", "score", "exact", "candidate", "confirmed"]
+    cols = ["i", "j", "ahash_dist", "phash_dist", "score", "offset", "exact", "candidate", "confirmed"]
     return GroupResult(mode, comp, keep, df[cols], p)
 
 

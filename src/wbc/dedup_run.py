@@ -155,7 +155,7 @@ def montage(groups: pd.DataFrame, store_root: str | Path, manifest: pd.DataFrame
     if not rows:
         rows = [("no duplicate groups", [])]
         captions, marks = [[]], [[]]
-    return plots.image_grid(rows, path, title="Largest duplicate groups (green: kept; caption: source, sharpness)",
+    return plots.image_grid(rows, path, cell=150, title="Largest duplicate groups (green: kept; caption: source, sharpness)",
                             captions=captions, marks=marks)
 
 

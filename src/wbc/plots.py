@@ -52,7 +52,7 @@ def image_grid(
             if marks and marks[r][c]:
                 draw.rectangle([x - 2, y - 2, x + cell + 1, y + cell + 1], outline=(0, 170, 0), width=3)
             if captions and c < len(captions[r]) and captions[r][c]:
-                draw.text((x, y + cell + 1), captions[r][c][:22], fill="black", font=small)
+                draw.text((x, y + cell + 1), captions[r][c][: max(8, cell // 6)], fill="black", font=small)
     canvas.save(path, format="PNG", optimize=False)
     return path
 

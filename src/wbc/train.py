@@ -232,6 +232,8 @@ def _rescale(x: torch.Tensor, s: float, fill: torch.Tensor) -> torch.Tensor:
     size = x.shape[-1]
     if s > 1:
         c = max(1, round(size / s))
+        if c == size:
+            return x
         a = (size - c) // 2
         x = x[:, :, a:a + c, a:a + c].contiguous()  # a contiguous input takes the fast kernel
         return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
@@ -254,7 +256,8 @@ def augment(x: torch.Tensor, generator: torch.Generator, scale: tuple[float, flo
     zoom by one of `scale_levels(scale)` (uniform) about the centre: s > 1 crops, s < 1 pads with
     `fill` (0 = the mean colour of a normalised batch; pass the mean colour for a uint8 batch).
     Images are grouped by zoom level, so there is one bilinear `interpolate` per level, and a uint8
-    batch stays uint8 (the fast, 4x smaller path: normalise afterwards).
+    batch stays uint8 (the fast, 4x smaller path: normalise afterwards; CPU only, CUDA has no
+    uint8 bilinear kernel).
     """
     b = x.shape[0]
     levels = scale_levels(scale)
@@ -267,7 +270,7 @@ def augment(x: torch.Tensor, generator: torch.Generator, scale: tuple[float, flo
     value = _fill_value(fill, x)
     for k, s in enumerate(levels):
         idx = (pick == k).nonzero().flatten()
-        if s == 1.0 or not len(idx):
+        if abs(s - 1.0) < 1e-9 or not len(idx):
             continue
         scaled = _rescale(out.index_select(0, idx.to(x.device)), s, value)
         for j, i in enumerate(idx.tolist()):

@@ -1,0 +1,295 @@
+"""Tests of wbc.dedup (features, candidate search, verification, groups) and `wbc dedup`."""
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import cv2
+import imagehash
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from wbc import LABELS, dedup
+from wbc.errors import ConfigError
+
+# --------------------------------------------------------------------------------------------
+# Drawn smear fields: a centred dark "white cell" among pale "red cells"
+# --------------------------------------------------------------------------------------------
+
+SIDE = 160
+
+
+def smear(seed: int, side: int = 2 * SIDE) -> np.ndarray:
+    """A large RGB field (side x side): pale red discs scattered on a light background."""
+    rng = np.random.default_rng(seed)
+    img = np.full((side, side, 3), (236, 222, 214), np.uint8)
+    for _ in range(45):
+        x, y = (int(v) for v in rng.integers(0, side, 2))
+        r = int(rng.integers(12, 20))
+        cv2.circle(img, (x, y), r, (205, 150, 160), -1, cv2.LINE_AA)
+        cv2.circle(img, (x, y), r // 2, (222, 185, 190), -1, cv2.LINE_AA)
+    c = side // 2
+    cv2.circle(img, (c, c), 30, (200, 170, 200), -1, cv2.LINE_AA)  # every field: a similar centred cell
+    cv2.ellipse(img, (c, c), (18, 12), int(rng.integers(0, 180)), 0, 360, (90, 50, 130), -1, cv2.LINE_AA)
+    return img
+
+
+def view(field: np.ndarray, dx: float = 0, dy: float = 0, zoom: float = 1.0, blur: float = 0.0,
+         quality: int = 92) -> bytes:
+    """JPEG of a SIDE x SIDE view of `field` centred at its centre + (dx, dy), magnified by `zoom`."""
+    h = field.shape[0]
+    c, cs = (h - 1) / 2, (SIDE - 1) / 2
+    m = np.array([[zoom, 0, cs - zoom * (c + dx)], [0, zoom, cs - zoom * (c + dy)]])
+    out = cv2.warpAffine(field, m, (SIDE, SIDE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    if blur:
+        out = cv2.GaussianBlur(out, (0, 0), blur)
+    buf = io.BytesIO()
+    Image.fromarray(out).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def planted(n_distinct: int = 40, seed: int = 0) -> tuple[dict[str, bytes], dict[str, str]]:
+    """Distinct fields + 3 re-imaged fields (2 views each) + 1 byte-identical copy: (key -> bytes, key -> cell)."""
+    images, truth = {}, {}
+    for s in range(n_distinct):
+        images[f"d{s:03d}.jpg"] = view(smear(1000 + s))
+        truth[f"d{s:03d}.jpg"] = f"d{s}"
+    for g, (dx, dy, zoom, blur) in enumerate([(10, -6, 1.0, 0.0), (-8, 9, 1.06, 0.8), (5, 5, 0.95, 1.2)]):
+        f = smear(2000 + g)
+        images[f"g{g}_a.jpg"], images[f"g{g}_b.jpg"] = view(f), view(f, dx, dy, zoom, blur, quality=80)
+        truth[f"g{g}_a.jpg"] = truth[f"g{g}_b.jpg"] = f"g{g}"
+    images["d000_copy.jpg"] = images["d000.jpg"]
+    truth["d000_copy.jpg"] = "d0"
+    return images, truth
+
+
+def pair_set(res: dedup.GroupResult, keys: list[str]) -> set[tuple[str, str]]:
+    """All (a, b) key pairs (a < b) that share a group."""
+    out = set()
+    for g in np.unique(res.group):
+        m = sorted(keys[x] for x in np.flatnonzero(res.group == g))
+        out.update((a, b) for x, a in enumerate(m) for b in m[x + 1:])
+    return out
+
+
+def true_pairs(truth: dict[str, str]) -> set[tuple[str, str]]:
+    keys = sorted(truth)
+    return {(a, b) for x, a in enumerate(keys) for b in keys[x + 1:] if truth[a] == truth[b]}
+
+
+@pytest.fixture(scope="module")
+def drawn():
+    images, truth = planted()
+    keys = sorted(images)
+    return images, truth, dedup.hash_images(images.__getitem__, keys, workers=1)
+
+
+def test_verified_mode_finds_reimaged_fields_not_lookalike_cells(drawn):
+    images, truth, f = drawn
+    res = dedup.find_groups(f, "verified")
+    assert pair_set(res, f.keys) == true_pairs(truth)
+    assert res.keep.sum() == len(set(truth.values()))
+    # every field has the same kind of centred cell: the hash rule alone cannot tell them apart
+    paper = dedup.find_groups(f, "paper")
+    assert paper.pairs["exact"].sum() == 1 and paper.n_confirmed >= 1
+
+
+def test_features_rows_errors_and_sharpness(drawn):
+    images, truth, f = drawn
+    assert len(f) == len(images) and f.keys == sorted(images) and not f.errors
+    ref = imagehash.average_hash(Image.open(io.BytesIO(images[f.keys[0]])))
+    assert int(f.ahash[0]) == int(str(ref), 16)
+    blurred = dedup.hash_images({"s": view(smear(5)), "b": view(smear(5), blur=2.0)}.__getitem__, ["s", "b"])
+    assert blurred.sharpness[0] > blurred.sharpness[1] > 0
+    bad = dedup.hash_images({"ok": images[f.keys[0]], "bad": b"not an image"}.__getitem__, ["bad", "ok"])
+    assert bad.keys == ["ok"] and list(bad.errors) == ["bad"]
+
+
+# --------------------------------------------------------------------------------------------
+# Search, components, conflicts
+# --------------------------------------------------------------------------------------------
+
+def test_hamming_pairs_equal_the_double_loop():
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 2**63, 300, dtype=np.uint64) & np.uint64(0xFFFF)  # many close codes
+    b = rng.integers(0, 2**63, 200, dtype=np.uint64) & np.uint64(0xFFFF)
+    dist = lambda x, y: bin(int(x) ^ int(y)).count("1")  # noqa: E731
+    i, j = dedup.hamming_pairs(a, 4, block=1000)
+    assert set(zip(i.tolist(), j.tolist())) == {(x, y) for x in range(300) for y in range(x + 1, 300)
+                                                if dist(a[x], a[y]) < 4}
+    i, j = dedup.hamming_pairs(a, 4, b, block=777)
+    assert set(zip(i.tolist(), j.tolist())) == {(x, y) for x in range(300) for y in range(200)
+                                                if dist(a[x], b[y]) < 4}
+
+
+def test_knn_pairs_across_two_sets_both_directions():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(30, 8)).astype(np.float32)
+    b = rng.normal(size=(7, 8)).astype(np.float32)
+    i, j = dedup.knn_pairs(a, 2, b)
+    got = set(zip(i.tolist(), j.tolist()))
+    sim = a @ b.T
+    want = {(x, int(y)) for x in range(30) for y in np.argsort(-sim[x])[:2]}
+    want |= {(int(x), y) for y in range(7) for x in np.argsort(-sim[:, y])[:2]}
+    assert got == want
+
+
+def test_components_and_deterministic_kept_choice():
+    # 0-1-2 chain, 3 alone, 4-5 pair; 6-4 joins the pair
+    comp = dedup.components(7, np.array([0, 1, 4, 6]), np.array([1, 2, 5, 4]))
+    assert comp.tolist() == [0, 0, 0, 1, 2, 2, 2]
+    sharp = np.array([1.0, 3.0, 3.0, 0.5, 2.0, 2.0, 1.0])
+    keys = ["c", "b", "a", "d", "z", "y", "x"]
+    keep = dedup.choose_kept(comp, sharp, keys)
+    assert np.flatnonzero(keep).tolist() == [2, 3, 5]  # ties on sharpness -> smallest key
+
+
+def _result(group: list[int]) -> dedup.GroupResult:
+    g = np.array(group)
+    keys = [f"k{x}" for x in range(len(g))]
+    return dedup.GroupResult("verified", g, dedup.choose_kept(g, np.zeros(len(g)), keys), pd.DataFrame(), {})
+
+
+def test_resolve_conflicts_drop_and_majority():
+    res = _result([0, 0, 0, 1, 1, 2])
+    labels = ["eosinophil", "eosinophil", "neutrophil", "monocyte", "lymphocyte", "basophil"]
+    sharp = np.array([1.0, 2.0, 5.0, 1.0, 1.0, 1.0])
+    keys = [f"k{x}" for x in range(6)]
+    keep, conflict, _ = dedup.resolve_conflicts(res, labels, sharp, keys, "drop")
+    assert conflict.tolist() == [True] * 5 + [False] and keep.tolist() == [False] * 5 + [True]
+    keep, conflict, out = dedup.resolve_conflicts(res, labels, sharp, keys, "majority")
+    # group 0: majority eosinophil, sharpest eosinophil kept (not the sharper neutrophil); group 1: a tie
+    assert keep.tolist() == [False, True, False, False, False, True] and out[1] == "eosinophil"
+    with pytest.raises(ConfigError):
+        dedup.resolve_conflicts(res, labels, sharp, keys, "vote")
+    with pytest.raises(ConfigError):
+        dedup.find_groups(dedup.hash_images(bytes, []), "fuzzy")
+
+
+def test_cross_duplicates_between_sets():
+    images, truth = planted(n_distinct=12, seed=1)
+    sets = {"train": [k for k in sorted(images) if k.endswith("_a.jpg") or k in ("d000.jpg", "d001.jpg", "d002.jpg")],
+            "test": [k for k in sorted(images) if k.endswith("_b.jpg") or k == "d000_copy.jpg" or k.startswith("d01")]}
+    loaders = {name: (images.__getitem__, keys) for name, keys in sets.items()}
+    df = dedup.cross_duplicates(loaders, {"mode": "verified", "workers": 1})
+    got = sorted(zip(df["id_a"], df["id_b"]))
+    assert got == sorted([("d000_copy.jpg", "d000.jpg")] + [(f"g{g}_b.jpg", f"g{g}_a.jpg") for g in range(3)])
+    assert (df["set_a"] == "test").all() and (df["set_b"] == "train").all()
+
+
+# --------------------------------------------------------------------------------------------
+# `wbc dedup`
+# --------------------------------------------------------------------------------------------
+
+def test_cli_dedup_folder_with_unreadable_file_and_empty_folder(tmp_path, capsys):
+    from wbc.cli import main
+
+    images, truth = planted(n_distinct=6)
+    (tmp_path / "imgs" / "sub").mkdir(parents=True)
+    for k, data in images.items():
+        (tmp_path / "imgs" / ("sub" if k.startswith("g") else "") / k).write_bytes(data)
+    (tmp_path / "imgs" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    rc = main(["dedup", str(tmp_path / "imgs"), "--out", str(tmp_path / "g.csv"), "--workers", "1"])
+    assert rc == 0
+    table = pd.read_csv(tmp_path / "g.csv", keep_default_na=False)
+    assert len(table) == len(images) + 1
+    assert table.loc[table["path"] == "broken.jpg", "error"].iloc[0] != ""
+    ok = table[table["error"] == ""].set_index("path")
+    assert ok.loc["sub/g1_a.jpg", "group"] == ok.loc["sub/g1_b.jpg", "group"]
+    assert ok.loc["d000.jpg", "group"] == ok.loc["d000_copy.jpg", "group"] != ok.loc["d001.jpg", "group"]
+    assert int(ok["keep"].sum()) == len(set(truth.values()))
+    assert "unreadable: broken.jpg" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["dedup", str(tmp_path / "empty"), "--out", str(tmp_path / "e.csv")]) == 2
+    assert "no image files" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic archives: planted groups
+# --------------------------------------------------------------------------------------------
+
+def test_synthetic_planted_groups_found(tmp_path):
+    from wbc import synthetic
+
+    paths = synthetic.generate(tmp_path, scale=0.3, workers=1)
+    rows = [r for r in synthetic.read_truth(paths[-1]) if r["kind"] != "broken"]
+    zips = {p.name: zipfile.ZipFile(p) for p in paths[:-1]}
+    keys = [(r["file"], r["member"]) for r in rows]
+    f = dedup.hash_images(lambda k: zips[k[0]].read(k[1]), keys, workers=1)
+    cell = {(r["file"], r["member"]): r["group"] or f"{r['file']}/{r['member']}" for r in rows}
+    truth = {f"{k[0]}/{k[1]}": cell[k] for k in f.keys}
+    res = dedup.find_groups(f, "verified")
+    got = pair_set(res, [f"{k[0]}/{k[1]}" for k in f.keys])
+    want = true_pairs(truth)
+    assert len(want) >= 10 and not f.errors
+    assert len(got & want) / len(want) >= 0.95 and got <= want  # high recall, no false pair
+
+
+# --------------------------------------------------------------------------------------------
+# Real PBC images
+# --------------------------------------------------------------------------------------------
+
+def _pbc_members(pbc_zip: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(pbc_zip) as z:
+        names = sorted(n for n in z.namelist() if n.count("/") == 2 and n.split("/")[1] in LABELS
+                       and n.lower().endswith(".jpg") and not n.split("/")[2].startswith("."))
+        return {n.split("/", 1)[1]: z.read(n) for n in names}
+
+
+def test_hashes_bit_identical_with_imagehash(pbc_zip):
+    members = _pbc_members(pbc_zip)
+    keys = sorted(members)[::350]
+    f = dedup.hash_images(members.__getitem__, keys, workers=1)
+    assert len(f) == len(keys) >= 25
+    for x, k in enumerate(keys):
+        img = Image.open(io.BytesIO(members[k]))
+        assert f"{int(f.ahash[x]):016x}" == str(imagehash.average_hash(img))
+        assert f"{int(f.phash[x]):016x}" == str(imagehash.phash(img))
+
+
+@pytest.fixture(scope="module")
+def pbc(pbc_zip):
+    """Features of the real PBC five classes (one pass shared by the tests below)."""
+    members = _pbc_members(pbc_zip)
+    return members, dedup.hash_images(members.__getitem__, sorted(members))
+
+
+#: Pairs of the paper's 60 non-identical hash pairs that are the same field imaged twice (checked by eye).
+SAME_FIELD = {("eosinophil/EO_246684.jpg", "eosinophil/EO_409717.jpg"),
+              ("eosinophil/EO_464387.jpg", "eosinophil/EO_800344.jpg"),
+              ("monocyte/MO_231316.jpg", "monocyte/MO_415531.jpg")}
+
+
+@pytest.mark.slow
+def test_paper_mode_on_real_pbc(pbc):
+    members, f = pbc
+    res = dedup.find_groups(f, "paper")
+    pairs = res.pairs
+    assert res.n_candidates == 74 and res.n_confirmed == 74
+    exact = pairs[pairs["exact"]]
+    assert len(exact) == 14 and exact["candidate"].all()
+    assert all(members[f.keys[i]] == members[f.keys[j]] for i, j in zip(exact["i"], exact["j"]))
+
+
+@pytest.mark.slow
+def test_verified_mode_on_real_pbc(pbc):
+    members, f = pbc
+    res = dedup.find_groups(f, "verified")
+    exact = res.pairs[res.pairs["exact"]]
+    assert len(exact) == 14 and (res.group[exact["i"]] == res.group[exact["j"]]).all()
+    paper = dedup.find_groups(f, "paper").pairs
+    paper = paper[paper["candidate"] & ~paper["exact"]]
+    hash_only = [(f.keys[i], f.keys[j]) for i, j in zip(paper["i"], paper["j"])]
+    assert len(hash_only) == 60
+    merged = {p for p in hash_only if res.group[f.keys.index(p[0])] == res.group[f.keys.index(p[1])]}
+    assert merged == SAME_FIELD  # the other 57 distinct cells stay apart
+    x, y = f.keys.index("eosinophil/EO_225902.jpg"), f.keys.index("neutrophil/BNE_191112.jpg")
+    assert res.group[x] == res.group[y]
+    labels = [k.split("/")[0] for k in f.keys]
+    keep, conflict, _ = dedup.resolve_conflicts(res, labels, f.sharpness, f.keys, "drop")
+    assert conflict[x] and conflict[y] and not keep[x] and not keep[y]
+    # the verification is strict: few groups beyond the byte-identical ones
+    assert res.n_confirmed < 60
