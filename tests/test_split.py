@@ -255,16 +255,17 @@ def build_store(root, counts=STORE_COUNTS, duplicates: int = 0) -> pd.DataFrame:
 
     kept = make_kept(counts, roles=ROLES)
     kept["sha256"] = ""
-    data, train_bytes = [], {}
-    planted = 0
-    for k, row in enumerate(kept.itertuples()):
-        blob = draw_cell(row.label, k, size=(90 + k % 3 * 7, 70 + k % 5 * 4))
+    data = [draw_cell(row.label, k, size=(90 + k % 3 * 7, 70 + k % 5 * 4)) for k, row in enumerate(kept.itertuples())]
+    train_bytes: dict[str, list[bytes]] = {}
+    for row, blob in zip(kept.itertuples(), data):
         if row.source == "synth_raabin_train":
-            train_bytes.setdefault(row.label, []).append((row.id, blob))
-        elif row.source == "synth_raabin_testa" and planted < duplicates and row.label in train_bytes:
-            blob = train_bytes[row.label][0][1]
+            train_bytes.setdefault(row.label, []).append(blob)
+    planted = 0
+    for k, row in enumerate(kept.itertuples()):  # second pass: Test-A rows sort before Train rows
+        if planted < duplicates and row.source == "synth_raabin_testa" and train_bytes.get(row.label):
+            data[k] = train_bytes[row.label].pop(0)
             planted += 1
-        data.append(blob)
+    assert planted == duplicates, f"could plant only {planted} of {duplicates} duplicates"
     with StoreWriter(root, shard_bytes=1 << 16) as writer:
         locs = [writer.add(blob) for blob in data]
     kept[["shard", "offset", "length"]] = np.array(locs, dtype=np.int64)
