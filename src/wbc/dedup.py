@@ -109,7 +109,9 @@ def sharpness(grey: np.ndarray) -> float:
     (OpenCV 3x3 horizontal and vertical Sobel; float32, within 1e-8 relative of float64, 10x faster)."""
     gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
-    return float(cv2.mean(cv2.magnitude(gx, gy))[0])
+    # numpy's pairwise float64 sum is order-fixed (cv2.mean's threaded reduction is not), and the
+    # rounding makes byte-identical copies tie exactly so the key decides, run after run.
+    return round(float(np.mean(cv2.magnitude(gx, gy), dtype=np.float64)), 6)
 
 
 def _zoom_thumbs(grey: np.ndarray) -> np.ndarray:
