@@ -5,11 +5,9 @@ and reports/train/compare/<model>/ (dvclive log: per-epoch loss, accuracy, macro
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from wbc.errors import WbcError
-from wbc.params import load_params
+from wbc.params import load_params, run_stage
 from wbc.train import TrainConfig, train_compare
 
 PACKED = Path("data/processed/packed")
@@ -27,8 +25,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except WbcError as exc:
-        print(f"compare: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_stage("compare", main)

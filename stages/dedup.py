@@ -2,13 +2,11 @@
 write the kept manifest and the dedup reports. Params: dedup.  Outputs: see dvc.yaml."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from wbc import dedup_run
-from wbc.errors import WbcError
 from wbc.ingest import read_manifest
-from wbc.params import load_params
+from wbc.params import load_params, run_stage
 
 MANIFEST = Path("data/interim/manifest.csv")
 STORE = Path("data/interim/store")
@@ -31,8 +29,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except WbcError as exc:
-        print(f"dedup: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_stage("dedup", main)

@@ -6,12 +6,10 @@ Params: data, download, ingest.  Outputs: see dvc.yaml.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from wbc import ingest, plots, sources, synthetic
-from wbc.errors import WbcError
-from wbc.params import load_params
+from wbc.params import load_params, run_stage
 
 RAW = Path("data/raw")
 MANIFEST = Path("data/interim/manifest.csv")
@@ -47,8 +45,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except WbcError as exc:
-        print(f"download: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_stage("download", main)

@@ -6,11 +6,9 @@ confusion_<set>.png, predictions_<set>.csv} and reports/metrics.json (the headli
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from wbc.errors import WbcError
-from wbc.params import load_params
+from wbc.params import load_params, run_stage
 from wbc.predict import evaluate_all
 
 PACKED = Path("data/processed/packed")
@@ -33,8 +31,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except WbcError as exc:
-        print(f"evaluate: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_stage("evaluate", main)

@@ -5,11 +5,9 @@ Params: model, compare.  Outputs: reports/results.md, reports/results.csv.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from wbc.errors import WbcError
-from wbc.params import load_params
+from wbc.params import load_params, run_stage
 from wbc.report import write_results
 
 EVALUATE = Path("reports/evaluate")
@@ -25,8 +23,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except WbcError as exc:
-        print(f"report: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_stage("report", main)

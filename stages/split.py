@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 from wbc import split
-from wbc.errors import WbcError
-from wbc.params import load_params
+from wbc.params import load_params, run_stage
 
 KEPT = Path("data/interim/kept.csv")
 STORE = Path("data/interim/store")
@@ -38,8 +37,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except WbcError as exc:
-        print(f"split: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_stage("split", main)

@@ -2,6 +2,7 @@
 temporary copy of the repository (tracked and untracked-but-not-ignored files), offline."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -34,7 +35,11 @@ def copy_checkout(dest: Path) -> None:
         if src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)  # dvc needs a scm root
+    # a clone-like repository: dvc and dvclive need a git root with a commit
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@localhost", "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "copy"]):
+        subprocess.run(cmd, cwd=dest, check=True, env=env)
 
 
 @pytest.mark.slow

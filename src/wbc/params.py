@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NoReturn
 
 import yaml
 
@@ -14,3 +14,17 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
         raise FileNotFoundError(f"params file not found: {path.resolve()} (run from the project root)")
     with path.open(encoding="utf-8") as fh:
         return yaml.safe_load(fh) or {}
+
+
+def run_stage(name: str, main: Callable[[], int]) -> NoReturn:
+    """Entry point of a stage script: exit with main()'s code; a WbcError becomes one clear line
+    on stderr (`<stage>: error: ...`) and exit code 2, with no traceback."""
+    import sys
+
+    from wbc.errors import WbcError
+
+    try:
+        sys.exit(main())
+    except WbcError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
