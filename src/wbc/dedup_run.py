@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from wbc import LABELS, dedup, plots, sources
+from wbc.errors import ConfigError
 from wbc.ingest import write_manifest
 from wbc.store import ImageStore
 
@@ -27,7 +28,7 @@ class DedupOutcome:
 def _source_split(source_id: str) -> str:
     try:
         return str(sources.get_source(source_id).get("split", ""))
-    except Exception:  # a user's own manifest: sources outside the registry
+    except ConfigError:  # a user's own manifest: sources outside the registry
         return ""
 
 
@@ -36,7 +37,6 @@ def run(manifest: pd.DataFrame, store_root: str | Path, params: dict[str, Any]) 
     the other mode is computed on the same features for the side-by-side counts."""
     mode = params.get("mode", "verified")
     if mode not in dedup.MODES:
-        from wbc.errors import ConfigError
         raise ConfigError(f"dedup.mode {mode!r} is unknown; valid: {', '.join(dedup.MODES)}")
     on_conflict = params.get("on_conflict", "drop")
     rows = manifest[manifest["label"].isin(LABELS)].sort_values("id", kind="stable").reset_index(drop=True)
@@ -52,14 +52,13 @@ def run(manifest: pd.DataFrame, store_root: str | Path, params: dict[str, Any]) 
     labels = by_id.loc[feats.keys, "label"].to_numpy()
     keep, conflict, new_labels = dedup.resolve_conflicts(res, labels, feats.sharpness, feats.keys, on_conflict)
 
-    status = pd.Series("quarantined", index=rows["id"])          # in = kept + removed + conflict + quarantined
-    reason = rows.set_index("id")["reason"].copy()
+    # in = kept + removed + conflict + quarantined; images dedup cannot decode stay "quarantined"
+    # (their reasons are listed in the summary)
+    status = pd.Series("quarantined", index=rows["id"])
     idx = pd.Index(feats.keys)
     status.loc[idx[keep]] = "kept"
     status.loc[idx[~keep & ~conflict]] = "duplicate"
     status.loc[idx[conflict & ~keep]] = "conflict"
-    for key, why in feats.errors.items():
-        reason.loc[key] = f"unreadable in dedup: {why}"
 
     kept = rows[rows["id"].isin(idx[keep])].copy()
     relabel = dict(zip(feats.keys, new_labels))
@@ -67,6 +66,7 @@ def run(manifest: pd.DataFrame, store_root: str | Path, params: dict[str, Any]) 
     groups = _group_table(feats, res, keep, conflict, by_id)
     audit = _audit(feats, res, by_id)
     summary = _summary(rows, status, results, mode, on_conflict, groups, audit)
+    summary["unreadable"] = dict(sorted(feats.errors.items()))
     return DedupOutcome(kept.reset_index(drop=True), groups, audit, summary)
 
 
