@@ -102,10 +102,65 @@ def test_features_rows_errors_and_sharpness(drawn):
     assert len(f) == len(images) and f.keys == sorted(images) and not f.errors
     ref = imagehash.average_hash(Image.open(io.BytesIO(images[f.keys[0]])))
     assert int(f.ahash[0]) == int(str(ref), 16)
-    blurred = dedup.hash_images({"s": view(smear(5)), "b": view(smear(5), blur=2.0)}.__getitem__, ["s", "b"])
-    assert blurred.sharpness[0] > blurred.sharpness[1] > 0
+    blurred = dedup.hash_images({"s": view(smear(5)), "b": view(smear(5), blur=2.0)}.__getitem__, ["s", "b"],
+                                parts=("paper", "sharpness"))
+    assert blurred.sharpness[0] > blurred.sharpness[1] > 0 and not blurred.has_verify
     bad = dedup.hash_images({"ok": images[f.keys[0]], "bad": b"not an image"}.__getitem__, ["bad", "ok"])
     assert bad.keys == ["ok"] and list(bad.errors) == ["bad"]
+    with pytest.raises(ConfigError):
+        dedup.hash_images(images.__getitem__, f.keys, parts=("sharpness",))
+
+
+def test_verified_features_fill_paper_features_of_group_members_only(drawn):
+    images, truth, f = drawn
+    v = dedup.hash_images(images.__getitem__, f.keys, workers=1, parts=dedup.PARTS["verified"])
+    assert not v.has_paper.any() and np.isnan(v.sharpness).all()
+    np.testing.assert_array_equal(v.thumbs, f.thumbs)  # the same verification features either way
+    res = dedup.find_groups(v, "verified")
+    in_group = res.group_sizes() > 1
+    cells = pd.Series(truth).value_counts()
+    assert in_group.sum() == int(cells[cells > 1].sum()) and (v.has_paper == in_group).all() and (np.isnan(v.sharpness) == ~in_group).all()
+    full = dedup.find_groups(f, "verified")
+    assert (res.group == full.group).all() and (res.keep == full.keep).all()
+    assert (v.ahash[in_group] == f.ahash[in_group]).all()
+    np.testing.assert_allclose(v.sharpness[in_group], dedup.hash_images(
+        images.__getitem__, [k for k, g in zip(f.keys, in_group) if g], parts=("paper", "sharpness")).sharpness)
+    with pytest.raises(ConfigError, match="verification features"):
+        dedup.find_groups(dedup.hash_images(images.__getitem__, f.keys[:3], parts=("paper",)), "verified")
+    paper = dedup.hash_images(images.__getitem__, f.keys, workers=1, parts=dedup.PARTS["paper"])
+    res = dedup.find_groups(paper, "paper")
+    assert paper.has_paper.all() and (np.isfinite(paper.sharpness) == (res.group_sizes() > 1)).all()
+    assert np.isnan(res.pairs["score"]).all()  # no verification features: no verification score
+
+
+def test_coarse_screen_and_parallel_verification_change_nothing(drawn):
+    images, truth, f = drawn
+    p = dedup._params("verified", {})
+    df = dedup.candidate_pairs(f, "verified", p)
+    one = dedup.confirm(f, df, "verified", p)
+    # no screening: every candidate verified at full size; the confirmed pairs are the same
+    unscreened = dedup.confirm(f, df, "verified", {**p, "screen_threshold": -1.0})
+    assert one["screened_out"].any() and not unscreened["screened_out"].any()
+    assert (one["confirmed"] == unscreened["confirmed"]).all()
+    assert not (one["confirmed"] & one["screened_out"]).any()
+    ii, jj = df["i"].to_numpy(), df["j"].to_numpy()
+    sp = dedup.spectra(f.coarse)
+    serial = dedup._parallel_verify((sp, f.coarse, ii, jj, sp, f.coarse, 0.3), workers=1)
+    forked = dedup._parallel_verify((sp, f.coarse, ii, jj, sp, f.coarse, 0.3), workers=2, min_pairs=8)
+    np.testing.assert_array_equal(serial[0], forked[0])
+    np.testing.assert_array_equal(serial[1], forked[1])
+
+
+def test_draft_decode_is_reduced_for_jpeg_only():
+    from wbc.store import decode_image
+
+    rgb = smear(7, side=360)
+    jpg, png = io.BytesIO(), io.BytesIO()
+    Image.fromarray(rgb).save(jpg, format="JPEG", quality=90)
+    Image.fromarray(rgb).save(png, format="PNG")
+    assert decode_image(jpg.getvalue()).size == (360, 360)
+    assert decode_image(jpg.getvalue(), draft=(64, 64)).size == (90, 90)  # 1/4: the smallest scale >= 64
+    assert decode_image(png.getvalue(), draft=(64, 64)).size == (360, 360)
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,6 +178,19 @@ def test_hamming_pairs_equal_the_double_loop():
     i, j = dedup.hamming_pairs(a, 4, b, block=777)
     assert set(zip(i.tolist(), j.tolist())) == {(x, y) for x in range(300) for y in range(200)
                                                 if dist(a[x], b[y]) < 4}
+
+
+def test_knn_pairs_exact_with_the_sampled_floor():
+    rng = np.random.default_rng(4)
+    emb = dedup.standardise(rng.normal(size=(1500, 12)).astype(np.float32))
+    i, j = dedup.knn_pairs(emb, 5, block=400)  # 1500 >= 64 * 5: the sampled lower bound is used
+    sim = emb @ emb.T
+    np.fill_diagonal(sim, -np.inf)
+    want = set()
+    for x in range(len(emb)):
+        for y in np.argsort(-sim[x], kind="stable")[:5]:
+            want.add((min(x, int(y)), max(x, int(y))))
+    assert set(zip(i.tolist(), j.tolist())) == want
 
 
 def test_knn_pairs_across_two_sets_both_directions():

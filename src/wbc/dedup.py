@@ -1,22 +1,29 @@
 """Near-duplicate removal: the seed paper's hash rule, and a verified mode that is correct on real data.
 
-Pipeline (one decode per image, see `image_features`):
-  1. features: AHash and PHash (64-bit, bit-identical to `imagehash`), sharpness (mean Sobel
-     gradient magnitude of the greyscale image at full resolution), sha256, and a verification
-     descriptor (grey thumbnails at three zooms) plus a shift-robust embedding (low-frequency
-     Fourier magnitude of the thumbnail).
-  2. candidates: vectorised, blocked Hamming search over packed uint64 codes (`hamming_pairs`);
-     in verified mode, loosened hash thresholds united with nearest neighbours of the embedding.
-  3. verification (verified mode): alignment by band-limited phase correlation over a small zoom
+Each mode decodes only what it needs (`hash_images(..., parts=PARTS[mode])`):
+  - paper features (full decode, exactly as `imagehash` sees the file): AHash and PHash (64-bit,
+    computed by `imagehash` itself) and sharpness (mean Sobel gradient magnitude of the greyscale
+    image at full resolution);
+  - verification features (JPEG decoded at reduced scale, about 4x cheaper): sha256, grey thumbnails
+    at three zooms and a shift-robust embedding (low-frequency Fourier magnitude of the thumbnail).
+Paper features missing for an image that ends up in a group (verified mode) are computed then, from
+the same loader: sharpness decides the kept image and the hash distances are reported.
+
+  1. candidates: paper mode, the vectorised, blocked Hamming search over packed uint64 codes
+     (`hamming_pairs`); verified mode, the k nearest neighbours of the embedding. Byte-identical
+     images (same sha256) are duplicates in both modes.
+  2. verification (verified mode): alignment by band-limited phase correlation over a small zoom
      search, then normalised cross-correlation of the aligned thumbnails, separately over the central
      disc (the white cell) and over its surroundings (red cells that move with it in a re-imaged
      field); score = min of the two, and the centred cells must coincide (small translation; see
-     `verify_pairs`). Byte-identical images (same sha256) are duplicates in both modes.
-  4. groups: connected components by breadth-first search; a group keeps its sharpest image,
+     `verify_pairs`). A coarse pass on half-size thumbnails screens every candidate; only pairs it
+     does not rule out get the full-size verification (`confirm`).
+  3. groups: connected components by breadth-first search; a group keeps its sharpest image,
      ties broken by the smallest key.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import multiprocessing as mp
 import os
@@ -34,27 +41,32 @@ from tqdm import tqdm
 
 from wbc.errors import ConfigError
 
-#: Thumbnail side used for verification (pixels).
+#: Thumbnail side used for verification (pixels); the coarse screening pass uses half of it.
 THUMB = 64
+COARSE = THUMB // 2
 #: Zoom factors precomputed per image (zoom-in about the centre); 1/z is covered by swapping roles.
 ZOOMS = (1.0, 1.05, 1.10)
-#: Frequency band (radius in bins, (low, high]) of the phase correlation: without the lowest
+#: Frequency band (radius in bins at THUMB, (low, high]) of the phase correlation: without the lowest
 #: frequencies (the centred cell blob, shared by distinct cells) and the highest (blur, JPEG).
 BAND = (6, 28)
 #: Embedding: low-frequency window of the Fourier magnitude (|ky| <= EMB_K, 0 <= kx <= EMB_K).
 EMB_K = 8
+EMB_DIM = (2 * EMB_K + 1) * (EMB_K + 1)
 
 #: Defaults of the verified mode (all overridable through find_groups(**params)).
 VERIFIED_DEFAULTS: dict[str, Any] = {
-    "cand_ahash": 11,       # hash candidates (the paper rule): AHash distance < this ...
-    "cand_phash": 14,       # ... and PHash distance < this
-    "knn": 12,              # plus each image's k nearest neighbours in the shift-robust embedding
+    "knn": 12,              # candidates: each image's k nearest neighbours in the shift-robust embedding
     "verify_threshold": 0.80,  # min(centre NCC, surroundings NCC) after alignment needed to confirm a pair
     "centre": 0.30,         # radius of the central disc (the white cell), as a fraction of the image side
     "max_offset": 0.20,     # the centred cells must coincide: translation <= this fraction of the side
+    "screen_threshold": 0.50,  # coarse (half-size) score below which a candidate is ruled out
 }
 PAPER_DEFAULTS: dict[str, Any] = {"ahash_threshold": 11, "phash_threshold": 14}
 MODES = ("verified", "paper")
+#: scipy.fft threads of the verification (1 inside forked verification workers)
+_FFT_WORKERS = -1
+#: Feature parts each mode computes for every image ("paper" = hashes + sharpness, "verify" = thumbnails).
+PARTS = {"paper": ("paper",), "verified": ("verify",)}
 
 
 # --------------------------------------------------------------------------- features
@@ -62,41 +74,58 @@ MODES = ("verified", "paper")
 
 @dataclass
 class Features:
-    """Per-image features, row i belongs to keys[i]; rows of unreadable images are in `errors` only."""
+    """Per-image features, row i belongs to keys[i]; rows of unreadable images are in `errors` only.
+
+    Paper features (ahash, phash, sharpness) are valid where `has_paper`; `fill_paper` computes the
+    missing ones with `loader` (key -> bytes), the function the features were computed from.
+    """
 
     keys: list[Any]
     sha256: np.ndarray      # object array of hex strings
     ahash: np.ndarray       # uint64, imagehash bit order (first bit = most significant)
     phash: np.ndarray       # uint64
-    sharpness: np.ndarray   # float64, mean Sobel gradient magnitude
-    thumbs: np.ndarray      # uint8 (N, len(ZOOMS), THUMB, THUMB)
-    embed: np.ndarray       # float32 (N, D), L2-normalised
+    sharpness: np.ndarray   # float64, mean Sobel gradient magnitude (NaN where not computed)
+    has_paper: np.ndarray   # bool
+    thumbs: np.ndarray      # uint8 (N, len(ZOOMS), THUMB, THUMB); no rows when "verify" was not computed
+    coarse: np.ndarray      # uint8 (N, len(ZOOMS), COARSE, COARSE): the same at half size
+    embed: np.ndarray       # float32 (N, EMB_DIM)
+    has_verify: bool = True
     errors: dict[Any, str] = field(default_factory=dict)
+    loader: Callable[[Any], bytes] | None = None
+    workers: int = 0
 
     def __len__(self) -> int:
         return len(self.keys)
 
-    def subset(self, idx: Sequence[int]) -> "Features":
-        """Rows `idx` as a new Features (errors are not carried over)."""
-        idx = np.asarray(idx, dtype=np.int64)
-        return Features([self.keys[i] for i in idx], self.sha256[idx], self.ahash[idx], self.phash[idx],
-                        self.sharpness[idx], self.thumbs[idx], self.embed[idx])
+    def fill_paper(self, rows: Iterable[int] | None = None, sharp: bool = True) -> None:
+        """Compute the paper features of `rows` (default: all) where they are missing: the hashes, and
+        with `sharp` the sharpness too (needed only where it decides: images in groups)."""
+        idx = np.arange(len(self)) if rows is None else np.unique(np.asarray(list(rows), dtype=np.int64))
+        if len(idx):
+            idx = idx[~self.has_paper[idx] | (np.isnan(self.sharpness[idx]) if sharp else False)]
+        if not len(idx):
+            return
+        if self.loader is None:
+            raise ConfigError("paper features (hashes, sharpness) are missing and the features have no loader")
+        part = hash_images(self.loader, [self.keys[i] for i in idx], self.workers, desc="dedup hashes",
+                           parts=("paper", "sharpness") if sharp else ("paper",))
+        if part.errors:  # readable once, unreadable now: the source changed under us
+            raise ConfigError(f"images became unreadable between two reads: {sorted(map(str, part.errors))[:5]}")
+        self.ahash[idx], self.phash[idx] = part.ahash, part.phash
+        self.has_paper[idx] = True
+        if sharp:
+            self.sharpness[idx] = part.sharpness
 
-    @staticmethod
-    def concat(parts: Sequence["Features"]) -> "Features":
-        """Rows of all parts, in order."""
-        keys = [k for p in parts for k in p.keys]
-        cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
-        errors = {k: v for p in parts for k, v in p.errors.items()}
-        return Features(keys, cat("sha256"), cat("ahash"), cat("phash"), cat("sharpness"), cat("thumbs"),
-                        cat("embed"), errors)
+    def require_verify(self) -> None:
+        if not self.has_verify:
+            raise ConfigError("verified mode needs the verification features: hash_images(..., parts=('verify', ...))")
 
 
-def _decode(data: bytes) -> Image.Image:
-    """The project's one decoding path (full decode, 8-bit RGB)."""
+def _decode(data: bytes, draft: tuple[int, int] | None = None) -> Image.Image:
+    """The project's one decoding path (8-bit RGB; JPEGs at reduced scale >= `draft` when given)."""
     from wbc.store import decode_image
 
-    return decode_image(data)
+    return decode_image(data, draft=draft)
 
 
 def hash_to_int(h: imagehash.ImageHash) -> int:
@@ -119,17 +148,18 @@ def _zoom_thumbs(grey: np.ndarray) -> np.ndarray:
     base = cv2.resize(grey, (2 * THUMB, 2 * THUMB), interpolation=cv2.INTER_AREA)
     out = np.empty((len(ZOOMS), THUMB, THUMB), np.uint8)
     c = (2 * THUMB - 1) / 2.0
-    for z_i, z in enumerate(ZOOMS):
+    out[0] = cv2.resize(base, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
+    blurred = cv2.GaussianBlur(base, (0, 0), 0.5)
+    for z_i, z in enumerate(ZOOMS[1:], start=1):
         s = z / 2.0  # base (2T) -> T with zoom z
         m = np.array([[s, 0, (THUMB - 1) / 2.0 - s * c], [0, s, (THUMB - 1) / 2.0 - s * c]], np.float64)
-        src = base if z == 1.0 else cv2.GaussianBlur(base, (0, 0), 0.5)
-        out[z_i] = cv2.warpAffine(src, m, (THUMB, THUMB), flags=cv2.INTER_AREA if z == 1.0 else cv2.INTER_LINEAR,
-                                  borderMode=cv2.BORDER_REFLECT)
-    out[0] = cv2.resize(base, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
+        out[z_i] = cv2.warpAffine(blurred, m, (THUMB, THUMB), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     return out
 
 
-_HANN = np.outer(np.hanning(THUMB), np.hanning(THUMB)).astype(np.float32)
+@functools.lru_cache(maxsize=4)
+def _hann(t: int) -> np.ndarray:
+    return np.outer(np.hanning(t), np.hanning(t)).astype(np.float32)
 
 
 def _embedding(rgb: np.ndarray) -> np.ndarray:
@@ -137,7 +167,7 @@ def _embedding(rgb: np.ndarray) -> np.ndarray:
     low frequencies (translation changes only the phase; +-10 % zoom barely moves low frequencies)."""
     small = cv2.resize(rgb, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
     sat = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)[..., 1].astype(np.float32)
-    mag = np.abs(np.fft.rfft2((sat - sat.mean()) * _HANN))
+    mag = np.abs(scipy.fft.rfft2((sat - sat.mean()) * _hann(THUMB)))
     low = np.concatenate([mag[: EMB_K + 1, : EMB_K + 1], mag[-EMB_K:, : EMB_K + 1]], axis=0)
     return np.sqrt(low).ravel().astype(np.float32)
 
@@ -149,38 +179,52 @@ def standardise(emb: np.ndarray, ref: np.ndarray | None = None) -> np.ndarray:
     return (x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-9)).astype(np.float32)
 
 
-def image_features(data: bytes) -> dict[str, Any]:
-    """All features of one image from its bytes, decoding it once. Raises on unreadable data."""
-    img = _decode(data)
-    grey_img = img.convert("L")
-    grey = np.asarray(grey_img)
-    thumbs = _zoom_thumbs(grey)
-    return {
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "ahash": hash_to_int(imagehash.average_hash(grey_img)),
-        "phash": hash_to_int(imagehash.phash(grey_img)),
-        "sharpness": sharpness(grey),
-        "thumbs": thumbs,
-        "embed": _embedding(np.asarray(img)),
-    }
+def paper_features(data: bytes, with_sharpness: bool = True) -> dict[str, Any]:
+    """AHash, PHash (by `imagehash`, on the fully decoded image) and full-resolution sharpness."""
+    grey_img = _decode(data).convert("L")
+    out = {"ahash": hash_to_int(imagehash.average_hash(grey_img)), "phash": hash_to_int(imagehash.phash(grey_img))}
+    if with_sharpness:
+        out["sharpness"] = sharpness(np.asarray(grey_img))
+    return out
 
 
-def _work(item: tuple[Any, bytes | None, str | None]) -> tuple[Any, dict[str, Any] | None, str | None]:
-    key, data, err = item
+def verify_features(data: bytes) -> dict[str, Any]:
+    """Verification thumbnails and embedding from the image decoded at reduced scale (>= THUMB: a
+    360 px PBC crop is decoded at 1/4 scale, 2x cheaper than 1/2 for the same results on real PBC and
+    0.3 % less pair recall on the re-imaged benchmark; see reports/dedup/benchmark.md)."""
+    img = _decode(data, draft=(THUMB, THUMB))
+    thumbs = _zoom_thumbs(np.asarray(img.convert("L")))
+    half = np.stack([cv2.resize(z, (COARSE, COARSE), interpolation=cv2.INTER_AREA) for z in thumbs])
+    return {"thumbs": thumbs, "coarse": half, "embed": _embedding(np.asarray(img))}
+
+
+def image_features(data: bytes, parts: Sequence[str] = ("paper", "verify")) -> dict[str, Any]:
+    """The requested feature parts of one image from its bytes (plus sha256). Raises on unreadable data."""
+    out: dict[str, Any] = {"sha256": hashlib.sha256(data).hexdigest()}
+    if "verify" in parts:
+        out.update(verify_features(data))
+    if "paper" in parts:
+        out.update(paper_features(data, "sharpness" in parts))
+    return out
+
+
+def _work(item: tuple[Any, bytes | None, str | None, tuple[str, ...]]) -> tuple[Any, dict[str, Any] | None, str | None]:
+    key, data, err, parts = item
     if err is not None:
         return key, None, err
     try:
-        return key, image_features(data), None
+        return key, image_features(data, parts), None
     except Exception as exc:  # noqa: BLE001 - one unreadable image is reported, not fatal
         return key, None, f"{type(exc).__name__}: {exc}".strip()
 
 
-def _load_all(load_fn: Callable[[Any], bytes], keys: Iterable[Any]) -> Iterable[tuple[Any, bytes | None, str | None]]:
+def _load_all(load_fn: Callable[[Any], bytes], keys: Iterable[Any], parts: tuple[str, ...],
+              ) -> Iterable[tuple[Any, bytes | None, str | None, tuple[str, ...]]]:
     for key in keys:
         try:
-            yield key, load_fn(key), None
+            yield key, load_fn(key), None, parts
         except Exception as exc:  # noqa: BLE001
-            yield key, None, f"{type(exc).__name__}: {exc}".strip()
+            yield key, None, f"{type(exc).__name__}: {exc}".strip(), parts
 
 
 def n_workers(workers: int) -> int:
@@ -193,22 +237,38 @@ def n_workers(workers: int) -> int:
         return os.cpu_count() or 1
 
 
+def _one_cv2_thread() -> None:
+    """OpenCV's own threads only add overhead on thumbnail-sized images when every core already runs
+    a worker (measured: 1.9 ms of CPU per image instead of 1.1 ms). Set in the parent before forking
+    (a forked child must not reconfigure OpenCV's thread pool: it deadlocks), or in a spawned worker."""
+    cv2.setNumThreads(1)
+
+
+def _pool(nw: int):
+    if "fork" in mp.get_all_start_methods():
+        return mp.get_context("fork").Pool(nw)  # inherits the parent's OpenCV setting
+    return mp.get_context("spawn").Pool(nw, initializer=_one_cv2_thread)
+
+
 def hash_images(load_fn: Callable[[Any], bytes], keys: Sequence[Any], workers: int = 0,
-                desc: str = "dedup features") -> Features:
+                desc: str = "dedup features", parts: Sequence[str] = ("paper", "verify")) -> Features:
     """Features of every key (`load_fn(key) -> bytes`), in parallel over `workers` processes.
 
-    Bytes are read in this process (memory-mapped store or files) and decoded in the workers.
-    Unreadable images go to `Features.errors` (key -> reason) and are left out of the rows.
+    `parts`: "paper" (AHash, PHash: full decode; with "sharpness", the sharpness too) and/or "verify"
+    (thumbnails, embedding: reduced decode); `PARTS[mode]` is what a mode needs for every image
+    (`find_groups` adds the sharpness of the images in groups). Bytes are read in this process (memory-mapped store or
+    files) and decoded in the workers. Unreadable images go to `Features.errors` (key -> reason) and
+    are left out of the rows.
     """
-    keys = list(keys)
+    keys, parts = list(keys), tuple(sorted(set(parts)))
+    if not set(parts) <= {"paper", "sharpness", "verify"} or not ({"paper", "verify"} & set(parts)):
+        raise ConfigError(f"unknown feature parts {parts}; valid: paper, verify (+ sharpness with paper)")
     nw = min(n_workers(workers), max(1, len(keys) // 64))
-    items = _load_all(load_fn, keys)
-    if nw <= 1:
-        results = map(_work, items)
-        pool = None
-    else:
-        pool = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Pool(nw)
-        results = pool.imap(_work, items, chunksize=16)
+    items = _load_all(load_fn, keys, parts)
+    cv2_threads = cv2.getNumThreads()
+    _one_cv2_thread()
+    pool = _pool(nw) if nw > 1 else None
+    results = map(_work, items) if pool is None else pool.imap(_work, items, chunksize=32)
     rows: list[tuple[Any, dict[str, Any]]] = []
     errors: dict[Any, str] = {}
     try:
@@ -218,25 +278,34 @@ def hash_images(load_fn: Callable[[Any], bytes], keys: Sequence[Any], workers: i
             else:
                 rows.append((key, feat))
     finally:
+        cv2.setNumThreads(cv2_threads)
         if pool is not None:
             pool.close()
             pool.join()
-    return _stack(rows, errors)
+    return _stack(rows, errors, parts, load_fn, workers)
 
 
-def _stack(rows: list[tuple[Any, dict[str, Any]]], errors: dict[Any, str]) -> Features:
+def _stack(rows: list[tuple[Any, dict[str, Any]]], errors: dict[Any, str], parts: tuple[str, ...],
+           loader: Callable[[Any], bytes] | None, workers: int) -> Features:
     n = len(rows)
     get = lambda name: [f[name] for _, f in rows]  # noqa: E731
+    paper, verify = "paper" in parts, "verify" in parts
     return Features(
         keys=[k for k, _ in rows],
-        sha256=np.array(get("sha256"), dtype=object),
-        ahash=np.array(get("ahash"), dtype=np.uint64).reshape(n),
-        phash=np.array(get("phash"), dtype=np.uint64).reshape(n),
-        sharpness=np.array(get("sharpness"), dtype=np.float64).reshape(n),
-        thumbs=np.stack(get("thumbs")) if n else np.zeros((0, len(ZOOMS), THUMB, THUMB), np.uint8),
-        embed=np.stack(get("embed")) if n else np.zeros((0, 2 * (EMB_K + 1) * EMB_K + EMB_K + 1), np.float32),
-        errors=errors,
+        sha256=np.array(get("sha256"), dtype=object).reshape(n),
+        ahash=np.array(get("ahash") if paper else [0] * n, dtype=np.uint64).reshape(n),
+        phash=np.array(get("phash") if paper else [0] * n, dtype=np.uint64).reshape(n),
+        sharpness=np.array(get("sharpness") if "sharpness" in parts else [np.nan] * n, dtype=np.float64).reshape(n),
+        has_paper=np.full(n, paper),
+        thumbs=_rows(get("thumbs") if verify else [], (len(ZOOMS), THUMB, THUMB), np.uint8),
+        coarse=_rows(get("coarse") if verify else [], (len(ZOOMS), COARSE, COARSE), np.uint8),
+        embed=_rows(get("embed") if verify else [], (EMB_DIM,), np.float32),
+        has_verify=verify, errors=errors, loader=loader, workers=workers,
     )
+
+
+def _rows(arrays: list[np.ndarray], shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    return np.stack(arrays).astype(dtype, copy=False) if arrays else np.zeros((0, *shape), dtype)
 
 
 # --------------------------------------------------------------------------- candidate search
@@ -312,16 +381,28 @@ def knn_pairs(emb: np.ndarray, k: int, emb_b: np.ndarray | None = None, block: i
 
 
 def _knn_one_way(a: np.ndarray, b: np.ndarray, kk: int, self_join: bool, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """(i, j) for the kk nearest rows j of b to each row i of a (self excluded when a is b)."""
+    """(i, j) for the kk nearest rows j of b to each row i of a (self excluded when a is b); ties go to
+    the smaller j. Per row, the kk-th best similarity among every 16th column is a lower bound of the
+    true kk-th best: only the columns at or above it are sorted (exact result, ~16 kk columns sorted)."""
     pi, pj = [], []
+    sample = np.arange(0, len(b), 16) if len(b) >= 64 * kk else None
     for start in range(0, len(a), block):
         sim = a[start:start + block] @ b.T
+        rows = np.arange(sim.shape[0])
         if self_join:
-            sim[np.arange(sim.shape[0]), np.arange(start, start + sim.shape[0])] = -np.inf
-        nb = np.argpartition(-sim, kk - 1, axis=1)[:, :kk]
-        pi.append(np.repeat(np.arange(start, start + sim.shape[0]), kk))
-        pj.append(nb.ravel())
-    return np.concatenate(pi), np.concatenate(pj)
+            sim[rows, rows + start] = -np.inf
+        if sample is None:
+            r, c = np.nonzero(np.ones_like(sim, dtype=bool))
+        else:
+            floor = np.partition(sim[:, sample], len(sample) - kk, axis=1)[:, len(sample) - kk]
+            r, c = np.nonzero(sim >= floor[:, None])
+        order = np.lexsort((c, -sim[r, c], r))
+        r, c = r[order], c[order]
+        rank = np.arange(len(r)) - np.searchsorted(r, r)
+        take = rank < kk
+        pi.append(r[take] + start)
+        pj.append(c[take])
+    return np.concatenate(pi).astype(np.int64), np.concatenate(pj).astype(np.int64)
 
 
 def _unique_pairs(i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -354,66 +435,76 @@ def exact_pairs(sha_a: np.ndarray, sha_b: np.ndarray | None = None) -> tuple[np.
 # --------------------------------------------------------------------------- verification
 
 
-def _band_mask() -> np.ndarray:
-    ky = np.fft.fftfreq(THUMB) * THUMB
-    kx = np.fft.rfftfreq(THUMB) * THUMB
+@dataclass(frozen=True)
+class _Geometry:
+    """Constants of the verification at thumbnail side t."""
+
+    t: int
+    hann: np.ndarray    # (t, t) float32
+    band: np.ndarray    # (t, t // 2 + 1) float32 0/1: the phase-correlation band
+    band_n: float       # number of band bins over the full (two-sided) spectrum
+    grid: np.ndarray    # (t,) float32 pixel coordinates minus the centre
+
+
+@functools.lru_cache(maxsize=4)
+def _geometry(t: int) -> _Geometry:
+    ky = np.fft.fftfreq(t) * t   # cycles per image side, the same at any t
+    kx = np.fft.rfftfreq(t) * t
     r = np.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)
-    return ((r <= BAND[1]) & (r > BAND[0])).astype(np.float32)
-
-
-_BAND_MASK = _band_mask()
-_BAND_N = float(_BAND_MASK[:, 1:-1].sum() * 2 + _BAND_MASK[:, [0, -1]].sum())
+    band = ((r <= BAND[1]) & (r > BAND[0])).astype(np.float32)
+    band_n = float(band[:, 1:-1].sum() * 2 + band[:, [0, -1]].sum())
+    return _Geometry(t, _hann(t), band, band_n, (np.arange(t, dtype=np.float32) - (t - 1) / 2.0))
 
 
 def spectra(thumbs: np.ndarray, block: int = 1024) -> np.ndarray:
-    """Unit-magnitude, band-limited spectra of the windowed thumbnails, cached once per image:
-    complex64 (N, len(ZOOMS), THUMB, THUMB//2+1)."""
-    out = np.empty((*thumbs.shape[:2], THUMB, THUMB // 2 + 1), np.complex64)
+    """Unit-magnitude, band-limited spectra of the windowed thumbnails:
+    complex64 (N, len(ZOOMS), t, t//2+1) for thumbnails of side t."""
+    g = _geometry(thumbs.shape[-1])
+    out = np.empty((*thumbs.shape[:2], g.t, g.t // 2 + 1), np.complex64)
     for start in range(0, len(thumbs), block):
         x = thumbs[start:start + block].astype(np.float32)
-        x = (x - x.mean(axis=(-1, -2), keepdims=True)) * _HANN
+        x = (x - x.mean(axis=(-1, -2), keepdims=True)) * g.hann
         f = scipy.fft.rfft2(x, workers=-1)
-        out[start:start + block] = f / (np.abs(f) + 1e-6) * _BAND_MASK
+        out[start:start + block] = f / (np.abs(f) + 1e-6) * g.band
     return out
 
 
-_YY, _XX = np.mgrid[0:THUMB, 0:THUMB]
-_C = (THUMB - 1) / 2.0
 _COMBOS = [(0, z) for z in range(len(ZOOMS))] + [(z, 0) for z in range(1, len(ZOOMS))]
 
 
 def _masked_ncc(a: np.ndarray, b: np.ndarray, w: np.ndarray, min_frac: float = 0.08) -> np.ndarray:
-    """Normalised cross-correlation of image stacks a, b (n, T, T) over the 0/1 weights w; 0 when the
+    """Normalised cross-correlation of image stacks a, b (n, t, t) over the 0/1 weights w; 0 when the
     masked area is below `min_frac` of the thumbnail."""
     nw = w.sum((1, 2)) + 1e-6
     a0 = (a - ((a * w).sum((1, 2)) / nw)[:, None, None]) * w
     b0 = (b - ((b * w).sum((1, 2)) / nw)[:, None, None]) * w
     ncc = (a0 * b0).sum((1, 2)) / np.sqrt((a0 ** 2).sum((1, 2)) * (b0 ** 2).sum((1, 2)) + 1e-6)
-    return np.where(nw < min_frac * THUMB * THUMB, 0.0, ncc)
+    return np.where(nw < min_frac * a.shape[1] * a.shape[2], 0.0, ncc)
 
 
-def _best_alignment(spec_a: np.ndarray, spec_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per pair, the zoom combination (_COMBOS index) and translation (dy, dx) in [-T/2, T/2) with
-    a(x) ~ b(x - d) maximising the band-limited phase-correlation peak, and that peak."""
-    n = len(spec_a)
-    best = np.full(n, -np.inf, np.float32)
-    combo = np.zeros(n, np.int64)
-    pos = np.zeros(n, np.int64)
+def _best_alignment(spec_a: np.ndarray, spec_b: np.ndarray, bi: np.ndarray, bj: np.ndarray,
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per pair (spec_a[bi], spec_b[bj]), the zoom combination (_COMBOS index) and translation (dy, dx)
+    in [-t/2, t/2) with a(x) ~ b(x - d) maximising the band-limited phase-correlation peak."""
+    n, t = len(bi), spec_a.shape[2]
+    a0, b0 = spec_a[bi, 0], np.conj(spec_b[bj, 0])
+    cross = np.empty((len(_COMBOS), n, *a0.shape[1:]), np.complex64)
     for c, (a_z, b_z) in enumerate(_COMBOS):
-        r = scipy.fft.irfft2(spec_a[:, a_z] * np.conj(spec_b[:, b_z]), s=(THUMB, THUMB), workers=-1).reshape(n, -1)
-        pk = r.argmax(axis=1)
-        val = r[np.arange(n), pk]
-        upd = val > best
-        best[upd], combo[upd], pos[upd] = val[upd], c, pk[upd]
-    dy, dx = pos // THUMB, pos % THUMB
-    dy = np.where(dy >= THUMB // 2, dy - THUMB, dy)
-    dx = np.where(dx >= THUMB // 2, dx - THUMB, dx)
-    return combo, dy, dx, best * (THUMB * THUMB) / _BAND_N
+        a = a0 if a_z == 0 else spec_a[bi, a_z]
+        b = b0 if b_z == 0 else np.conj(spec_b[bj, b_z])
+        np.multiply(a, b, out=cross[c])
+    r = scipy.fft.irfft2(cross, s=(t, t), workers=_FFT_WORKERS).reshape(len(_COMBOS), n, t * t)
+    pk = r.argmax(axis=2)                                   # (combos, n)
+    val = np.take_along_axis(r, pk[..., None], axis=2)[..., 0]
+    combo = val.argmax(axis=0)                              # first combo wins ties, as a stable rule
+    pos = pk[combo, np.arange(n)]
+    dy, dx = pos // t, pos % t
+    return combo, np.where(dy >= t // 2, dy - t, dy), np.where(dx >= t // 2, dx - t, dx)
 
 
 def verify_pairs(spec_a: np.ndarray, thumbs_a: np.ndarray, i: np.ndarray, j: np.ndarray,
                  spec_b: np.ndarray | None = None, thumbs_b: np.ndarray | None = None,
-                 centre: float = 0.3, block: int = 1024, desc: str = "dedup verify",
+                 centre: float = 0.3, block: int = 512, desc: str = "dedup verify",
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Verification score of pairs (a[i], b[j]): align, then correlate the centre AND the surroundings.
 
@@ -424,6 +515,7 @@ def verify_pairs(spec_a: np.ndarray, thumbs_a: np.ndarray, i: np.ndarray, j: np.
     platelets). The pair score is min(centre NCC, surroundings NCC):
     a re-imaged field moves as a whole and scores ~0.9-1, distinct cells sharing a similar centred
     blob have uncorrelated surroundings (< ~0.8), and the same cell pasted on another field fails too.
+    Works at any thumbnail side t (the spectra must come from the same thumbnails).
 
     Returns (score, offset): offset = length of the translation as a fraction of the side, i.e. how far
     the centred cell of b lies from that of a (PBC images one field once per centred cell: two
@@ -431,25 +523,31 @@ def verify_pairs(spec_a: np.ndarray, thumbs_a: np.ndarray, i: np.ndarray, j: np.
     """
     spec_b = spec_a if spec_b is None else spec_b
     thumbs_b = thumbs_a if thumbs_b is None else thumbs_b
+    g = _geometry(thumbs_a.shape[-1])
+    t, h = g.t, g.t // 2
     scores = np.zeros(len(i), np.float32)
     offsets = np.zeros(len(i), np.float32)
-    rad2 = (centre * THUMB) ** 2
-    inner_a = ((_YY - _C) ** 2 + (_XX - _C) ** 2 <= rad2)[None]
+    rad2 = (centre * t) ** 2
+    yy = g.grid[:, None] ** 2
+    inner_a = (yy + g.grid[None, :] ** 2 <= rad2)[None]
     zoom_a = np.array([c[0] for c in _COMBOS])
     zoom_b = np.array([c[1] for c in _COMBOS])
     for start in tqdm(range(0, len(i), block), desc=desc, disable=None, leave=False):
         bi, bj = i[start:start + block], j[start:start + block]
-        combo, dy, dx, _ = _best_alignment(spec_a[bi], spec_b[bj])
-        yy, xx = _YY[None] - dy[:, None, None], _XX[None] - dx[:, None, None]
-        valid = (yy >= 0) & (yy < THUMB) & (xx >= 0) & (xx < THUMB)
+        n = len(bi)
+        combo, dy, dx = _best_alignment(spec_a, spec_b, bi, bj)
         a = thumbs_a[bi, zoom_a[combo]].astype(np.float32)
-        b = thumbs_b[bj[:, None, None], zoom_b[combo][:, None, None],
-                     np.clip(yy, 0, THUMB - 1), np.clip(xx, 0, THUMB - 1)].astype(np.float32)
-        inner = inner_a | ((yy - _C) ** 2 + (xx - _C) ** 2 <= rad2)
+        # b shifted by (dy, dx): a window of b zero-padded by t/2 on every side
+        padded = np.pad(thumbs_b[bj, zoom_b[combo]], ((0, 0), (h, h), (h, h)))
+        windows = np.lib.stride_tricks.sliding_window_view(padded, (t, t), axis=(1, 2))
+        b = windows[np.arange(n), h - dy, h - dx].astype(np.float32)
+        ys, xs = g.grid[None, :] - dy[:, None], g.grid[None, :] - dx[:, None]   # b's own coordinates
+        valid = ((np.abs(ys) <= (t - 1) / 2.0)[:, :, None] & (np.abs(xs) <= (t - 1) / 2.0)[:, None, :])
+        inner = inner_a | ((ys ** 2)[:, :, None] + (xs ** 2)[:, None, :] <= rad2)
         ring = _masked_ncc(a, b, (valid & ~inner).astype(np.float32))
         cen = _masked_ncc(a, b, (valid & inner).astype(np.float32))
-        scores[start:start + len(bi)] = np.minimum(ring, cen)
-        offsets[start:start + len(bi)] = np.hypot(dy, dx) / THUMB
+        scores[start:start + n] = np.minimum(ring, cen)
+        offsets[start:start + n] = np.hypot(dy, dx) / t
     return scores, offsets
 
 
@@ -501,7 +599,7 @@ class GroupResult:
     mode: str
     group: np.ndarray
     keep: np.ndarray
-    pairs: pd.DataFrame   # i, j, ahash_dist, phash_dist, score, offset, exact, candidate, confirmed
+    pairs: pd.DataFrame   # i, j, ahash_dist, phash_dist, score, offset, exact, candidate, screened_out, confirmed
     params: dict[str, Any]
 
     @property
@@ -523,8 +621,9 @@ class GroupResult:
                           c.rename(columns={"j": "node"}).drop(columns="i")])
         if both.empty:
             return pd.DataFrame(columns=["ahash_dist", "phash_dist", "score"])
-        both = both.sort_values(["node", "score", "phash_dist"], ascending=[True, False, True], kind="stable")
-        return both.groupby("node").first()[["ahash_dist", "phash_dist", "score"]]
+        both = both.sort_values(["node", "score", "phash_dist"], ascending=[True, False, True], kind="stable",
+                                na_position="last")
+        return both.drop_duplicates("node").set_index("node")[["ahash_dist", "phash_dist", "score"]]
 
 
 def _params(mode: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -536,71 +635,142 @@ def _params(mode: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def candidate_pairs(f: Features, mode: str, p: dict[str, Any], other: Features | None = None) -> pd.DataFrame:
-    """Candidate pairs of the mode (within f, or f x other) with hash distances; exact copies flagged."""
-    ob = other if other is not None else None
-    b_a, b_p = (None, None) if ob is None else (ob.ahash, ob.phash)
+    """Candidate pairs of the mode (within f, or f x other), byte-identical copies flagged `exact`:
+    paper mode, the hash rule (AHash < ahash_threshold and PHash < phash_threshold); verified mode,
+    the `knn` nearest neighbours in the shift-robust embedding (both directions across two sets)."""
     if mode == "paper":
+        for x in (f, other):
+            if x is not None:
+                x.fill_paper(sharp=False)
+        b_a, b_p = (None, None) if other is None else (other.ahash, other.phash)
         i, j = hamming_pairs(f.ahash, int(p["ahash_threshold"]), b_a, a2=f.phash,
                              below2=int(p["phash_threshold"]), b2=b_p)
     else:
-        hi, hj = hamming_pairs(f.ahash, int(p["cand_ahash"]), b_a, a2=f.phash, below2=int(p["cand_phash"]), b2=b_p)
-        if ob is None:
-            ki, kj = knn_pairs(standardise(f.embed), int(p["knn"]))
+        f.require_verify()
+        if other is None:
+            i, j = knn_pairs(standardise(f.embed), int(p["knn"]))
         else:
-            ref = np.concatenate([f.embed, ob.embed])
-            ki, kj = knn_pairs(standardise(f.embed, ref), int(p["knn"]), standardise(ob.embed, ref))
-        i, j = _unique_pairs(np.concatenate([hi, ki]), np.concatenate([hj, kj]))
-    ei, ej = exact_pairs(f.sha256, None if ob is None else ob.sha256)
+            other.require_verify()
+            ref = np.concatenate([f.embed, other.embed])
+            i, j = knn_pairs(standardise(f.embed, ref), int(p["knn"]), standardise(other.embed, ref))
+    ei, ej = exact_pairs(f.sha256, None if other is None else other.sha256)
     cand = pd.DataFrame({"i": i, "j": j, "candidate": True})
     exact = pd.DataFrame({"i": ei, "j": ej, "exact": True})
     df = cand.merge(exact, on=["i", "j"], how="outer")
     df["candidate"] = df["candidate"].fillna(False).astype(bool)
     df["exact"] = df["exact"].fillna(False).astype(bool)
-    df = df.sort_values(["i", "j"], kind="stable").reset_index(drop=True)
-    bA = f.ahash if ob is None else ob.ahash
-    bP = f.phash if ob is None else ob.phash
-    ii, jj = df["i"].to_numpy(np.int64), df["j"].to_numpy(np.int64)
-    df["ahash_dist"] = popcount64(f.ahash[ii] ^ bA[jj]).astype(np.int64)
-    df["phash_dist"] = popcount64(f.phash[ii] ^ bP[jj]).astype(np.int64)
-    return df
+    return df.sort_values(["i", "j"], kind="stable").reset_index(drop=True)
+
+
+def _scores(fa: Features, ii: np.ndarray, jj: np.ndarray, fb: Features | None, centre: float,
+            half: bool) -> tuple[np.ndarray, np.ndarray]:
+    """verify_pairs on the rows the pairs use (full-size thumbnails, or half-size when `half`)."""
+    name = "coarse" if half else "thumbs"
+    fb = fa if fb is None else fb
+    ua, ub = np.unique(ii), np.unique(jj)
+    ta, tb = getattr(fa, name)[ua], getattr(fb, name)[ub]
+    args = (spectra(ta), ta, np.searchsorted(ua, ii), np.searchsorted(ub, jj), spectra(tb), tb, centre)
+    return _parallel_verify(args, fa.workers)
+
+
+_SHARED: tuple = ()
+
+
+def _verify_chunk(bounds: tuple[int, int], forked: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    global _FFT_WORKERS
+    if forked:  # one process per core already: no FFT threads (and none inherited from the parent)
+        _FFT_WORKERS = 1
+    spec_a, ta, i, j, spec_b, tb, centre = _SHARED
+    lo, hi = bounds
+    return verify_pairs(spec_a, ta, i[lo:hi], j[lo:hi], spec_b, tb, centre=centre)
+
+
+def _parallel_verify(args: tuple, workers: int, min_pairs: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """verify_pairs over `workers` forked processes (they inherit the arrays; each pair's result does
+    not depend on the split, so the output is the same as one process's)."""
+    global _SHARED
+    n = len(args[2])
+    nw = min(n_workers(workers), max(1, n // min_pairs))
+    if nw <= 1 or "fork" not in mp.get_all_start_methods():
+        _SHARED = args
+        try:
+            return _verify_chunk((0, n), forked=False)
+        finally:
+            _SHARED = ()
+    edges = np.linspace(0, n, 4 * nw + 1).astype(int)
+    _SHARED = args
+    try:
+        with mp.get_context("fork").Pool(nw) as pool:
+            parts = pool.map(_verify_chunk, list(zip(edges[:-1], edges[1:])), chunksize=1)
+    finally:
+        _SHARED = ()
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def confirm(f: Features, df: pd.DataFrame, mode: str, p: dict[str, Any], other: Features | None = None) -> pd.DataFrame:
-    """Score and confirm candidate pairs: exact copies always; paper mode every candidate;
-    verified mode candidates with verification score >= verify_threshold whose centred cells coincide
-    (offset <= max_offset). `score` and `offset` (see `verify_pairs`) are reported in both modes."""
+    """Score and confirm candidate pairs: exact copies always; paper mode every candidate; verified
+    mode candidates with verification score >= verify_threshold whose centred cells coincide
+    (offset <= max_offset).
+
+    Verified mode screens every candidate on half-size thumbnails first: a pair whose coarse score is
+    below `screen_threshold` is ruled out (`screened_out`, its `score` is the coarse one); the others get
+    the full-size verification. Paper mode reports the full-size `score`/`offset` when verification
+    features exist (NaN otherwise).
+    """
     ii, jj = df["i"].to_numpy(np.int64), df["j"].to_numpy(np.int64)
-    if len(df):
-        used_a = np.unique(ii if other is not None else np.concatenate([ii, jj]))
-        sa = np.zeros((len(f), *spectra(f.thumbs[:0]).shape[1:]), np.complex64)  # untouched rows stay lazy
-        sa[used_a] = spectra(f.thumbs[used_a])
-        if other is None:
-            score, offset = verify_pairs(sa, f.thumbs, ii, jj, centre=float(p["centre"]))
-        else:
-            used_b = np.unique(jj)
-            sb = np.zeros((len(other), *sa.shape[1:]), np.complex64)
-            sb[used_b] = spectra(other.thumbs[used_b])
-            score, offset = verify_pairs(sa, f.thumbs, ii, jj, sb, other.thumbs, centre=float(p["centre"]))
-    else:
-        score = offset = np.zeros(0, np.float32)
-    df = df.assign(score=np.round(score.astype(np.float64), 4), offset=np.round(offset.astype(np.float64), 4))
+    n = len(df)
+    score = np.full(n, np.nan)
+    offset = np.full(n, np.nan)
+    screened_out = np.zeros(n, bool)
+    centre = float(p["centre"])
+    if n and mode == "verified":
+        s1, o1 = _scores(f, ii, jj, other, centre, half=True)
+        screened_out = s1 < float(p["screen_threshold"])
+        score, offset = s1.astype(np.float64), o1.astype(np.float64)
+        keep = np.flatnonzero(~screened_out)
+        if len(keep):
+            s2, o2 = _scores(f, ii[keep], jj[keep], other, centre, half=False)
+            score[keep], offset[keep] = s2, o2
+    elif n and f.has_verify and (other is None or other.has_verify):
+        score, offset = (x.astype(np.float64) for x in _scores(f, ii, jj, other, centre, half=False))
+    df = df.assign(score=np.round(score, 4), offset=np.round(offset, 4), screened_out=screened_out)
     if mode == "paper":
         df["confirmed"] = df["candidate"] | df["exact"]
     else:
         same = (df["score"] >= float(p["verify_threshold"])) & (df["offset"] <= float(p["max_offset"]))
-        df["confirmed"] = df["exact"] | (df["candidate"] & same)
+        df["confirmed"] = df["exact"] | (df["candidate"] & ~df["screened_out"] & same)
     return df
 
 
+def _hash_distances(df: pd.DataFrame, f: Features, other: Features | None = None) -> pd.DataFrame:
+    """AHash/PHash distances of the pairs, after computing the paper features of every image in a
+    confirmed pair; <NA> for pairs whose images have none (unconfirmed verified-mode candidates)."""
+    fb = f if other is None else other
+    c = df[df["confirmed"]]
+    f.fill_paper(c["i"].to_numpy() if other is not None else np.concatenate([c["i"], c["j"]]))
+    if other is not None:
+        other.fill_paper(c["j"].to_numpy())
+    ii, jj = df["i"].to_numpy(np.int64), df["j"].to_numpy(np.int64)
+    known = f.has_paper[ii] & fb.has_paper[jj]
+    dist = lambda a, b: pd.Series(popcount64(a[ii] ^ b[jj]).astype(np.int64), index=df.index).where(known).astype("Int64")  # noqa: E731
+    return df.assign(ahash_dist=dist(f.ahash, fb.ahash), phash_dist=dist(f.phash, fb.phash))
+
+
+PAIR_COLUMNS = ["i", "j", "ahash_dist", "phash_dist", "score", "offset", "exact", "candidate", "screened_out",
+                "confirmed"]
+
+
 def find_groups(features: Features, mode: str = "verified", **params: Any) -> GroupResult:
-    """Duplicate groups among the Features rows (see the module docstring)."""
+    """Duplicate groups among the Features rows (see the module docstring). Computes the paper features
+    (sharpness: the kept image; hash distances) of the images in groups when they are missing."""
     p = _params(mode, params)
     df = confirm(features, candidate_pairs(features, mode, p), mode, p)
     c = df[df["confirmed"]]
     comp = components(len(features), c["i"].to_numpy(), c["j"].to_numpy())
+    features.fill_paper(np.flatnonzero(np.bincount(comp)[comp] > 1))  # sharpness decides within groups
+    df = _hash_distances(df, features)
     keep = choose_kept(comp, features.sharpness, features.keys)
-    cols = ["i", "j", "ahash_dist", "phash_dist", "score", "offset", "exact", "candidate", "confirmed"]
-    return GroupResult(mode, comp, keep, df[cols], p)
+    return GroupResult(mode, comp, keep, df[PAIR_COLUMNS], p)
 
 
 def resolve_conflicts(result: GroupResult, labels: Sequence[str], sharp: np.ndarray, keys: Sequence[Any],
@@ -652,7 +822,8 @@ def cross_duplicates(loaders_by_set: dict[str, tuple[Callable[[Any], bytes], Seq
     feats = {}
     for name in sorted(loaders_by_set):
         v = loaders_by_set[name]
-        feats[name] = v if isinstance(v, Features) else hash_images(v[0], v[1], workers, desc=f"features {name}")
+        feats[name] = v if isinstance(v, Features) else hash_images(v[0], v[1], workers, desc=f"features {name}",
+                                                                   parts=PARTS[mode])
     rows = []
     names = sorted(feats)
     for x, a in enumerate(names):
@@ -660,7 +831,7 @@ def cross_duplicates(loaders_by_set: dict[str, tuple[Callable[[Any], bytes], Seq
             fa, fb = feats[a], feats[b]
             if not len(fa) or not len(fb):
                 continue
-            df = confirm(fa, candidate_pairs(fa, mode, p, fb), mode, p, fb)
+            df = _hash_distances(confirm(fa, candidate_pairs(fa, mode, p, fb), mode, p, fb), fa, fb)
             df = df[df["confirmed"]]
             rows.append(pd.DataFrame({
                 "set_a": a, "id_a": [fa.keys[i] for i in df["i"]], "set_b": b, "id_b": [fb.keys[j] for j in df["j"]],

@@ -86,8 +86,8 @@ def _group_table(feats, res, keep, conflict, by_id) -> pd.DataFrame:
         "kept": keep[members],
         "conflict": conflict[members],
         "sharpness": np.round(feats.sharpness[members], 4),
-        "ahash_dist": [best["ahash_dist"].get(i, np.nan) for i in members],
-        "phash_dist": [best["phash_dist"].get(i, np.nan) for i in members],
+        "ahash_dist": pd.array([best["ahash_dist"].get(i, pd.NA) for i in members], dtype="Int64"),
+        "phash_dist": pd.array([best["phash_dist"].get(i, pd.NA) for i in members], dtype="Int64"),
         "score": [best["score"].get(i, np.nan) for i in members],
     })
     return table.sort_values(["group", "id"], kind="stable").reset_index(drop=True)

@@ -21,7 +21,9 @@ class DedupError(WbcError):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", type=Path, help="folder of images (searched recursively)")
-    parser.add_argument("--out", type=Path, required=True, help="CSV to write (path, group, keep, sharpness, ...)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="CSV to write (path, group, keep, sharpness, ...); sharpness is measured for the "
+                             "images in groups, where it picks the kept one")
     parser.add_argument("--mode", choices=("verified", "paper"), default="verified",
                         help="verified (candidates then verification, default) or paper (AHash<11 and PHash<14)")
     parser.add_argument("--workers", type=int, default=0, help="processes for decoding (0 = all cores)")
@@ -38,12 +40,19 @@ def folder_images(root: Path) -> list[str]:
     return files
 
 
+def _hex(codes, known) -> list[str]:
+    return [f"{int(x):016x}" if k else "" for x, k in zip(codes, known)]
+
+
 def dedup_folder(root: Path, mode: str = "verified", workers: int = 0) -> pd.DataFrame:
-    """One row per image file: path, group, keep, sharpness, ahash/phash (hex), error (unreadable files)."""
+    """One row per image file: path, group, keep, sharpness, ahash/phash (hex), error (unreadable files).
+
+    Sharpness (and, in verified mode, the hashes) are computed where they decide: for every image in
+    a group of two or more; they are empty for single images."""
     from wbc import dedup
 
     files = folder_images(root)
-    feats = dedup.hash_images(lambda rel: (root / rel).read_bytes(), files, workers)
+    feats = dedup.hash_images(lambda rel: (root / rel).read_bytes(), files, workers, parts=dedup.PARTS[mode])
     if not len(feats):
         raise DedupError(f"none of the {len(files)} image files under {root} could be read")
     res = dedup.find_groups(feats, mode)
@@ -51,7 +60,7 @@ def dedup_folder(root: Path, mode: str = "verified", workers: int = 0) -> pd.Dat
     rows = pd.DataFrame({
         "path": feats.keys, "group": res.group, "keep": res.keep, "group_size": res.group_sizes(),
         "sharpness": feats.sharpness.round(4),
-        "ahash": [f"{int(x):016x}" for x in feats.ahash], "phash": [f"{int(x):016x}" for x in feats.phash],
+        "ahash": _hex(feats.ahash, feats.has_paper), "phash": _hex(feats.phash, feats.has_paper),
         "score": best["score"].reindex(range(len(feats))).to_numpy(), "error": "",
     })
     bad = pd.DataFrame({"path": list(feats.errors), "group": -1, "keep": False, "group_size": 0,
