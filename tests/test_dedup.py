@@ -270,6 +270,14 @@ def test_cli_dedup_folder_with_unreadable_file_and_empty_folder(tmp_path, capsys
     assert ok.loc["d000.jpg", "group"] == ok.loc["d000_copy.jpg", "group"] != ok.loc["d001.jpg", "group"]
     assert int(ok["keep"].sum()) == len(set(truth.values()))
     assert "unreadable: broken.jpg" in capsys.readouterr().err
+    in_group = ok["group_size"] > 1
+    assert (ok.loc[in_group, "sharpness"] != "").all() and (ok.loc[~in_group, "sharpness"] == "").all()
+    assert main(["dedup", str(tmp_path / "imgs"), "--out", str(tmp_path / "all.csv"), "--workers", "1",
+                 "--all-sharpness"]) == 0
+    full = pd.read_csv(tmp_path / "all.csv", keep_default_na=False).set_index("path")
+    assert (full.loc[ok.index, "sharpness"] != "").all() and (full.loc[ok.index, "ahash"] != "").all()
+    assert (full.loc[ok.index, "group"] == ok["group"]).all()
+    capsys.readouterr()
     (tmp_path / "empty").mkdir()
     assert main(["dedup", str(tmp_path / "empty"), "--out", str(tmp_path / "e.csv")]) == 2
     assert "no image files" in capsys.readouterr().err

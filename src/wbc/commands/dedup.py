@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("verified", "paper"), default="verified",
                         help="verified (candidates then verification, default) or paper (AHash<11 and PHash<14)")
     parser.add_argument("--workers", type=int, default=0, help="processes for decoding (0 = all cores)")
+    parser.add_argument("--all-sharpness", action="store_true",
+                        help="also measure sharpness and hashes of images without a duplicate (one more full decode each)")
 
 
 def folder_images(root: Path) -> list[str]:
@@ -44,11 +46,11 @@ def _hex(codes, known) -> list[str]:
     return [f"{int(x):016x}" if k else "" for x, k in zip(codes, known)]
 
 
-def dedup_folder(root: Path, mode: str = "verified", workers: int = 0) -> pd.DataFrame:
+def dedup_folder(root: Path, mode: str = "verified", workers: int = 0, all_sharpness: bool = False) -> pd.DataFrame:
     """One row per image file: path, group, keep, sharpness, ahash/phash (hex), error (unreadable files).
 
     Sharpness (and, in verified mode, the hashes) are computed where they decide: for every image in
-    a group of two or more; they are empty for single images."""
+    a group of two or more; they are empty for single images unless `all_sharpness`."""
     from wbc import dedup
 
     files = folder_images(root)
@@ -56,6 +58,8 @@ def dedup_folder(root: Path, mode: str = "verified", workers: int = 0) -> pd.Dat
     if not len(feats):
         raise DedupError(f"none of the {len(files)} image files under {root} could be read")
     res = dedup.find_groups(feats, mode)
+    if all_sharpness:
+        feats.fill_paper()
     best = res.best_pair_stats()
     rows = pd.DataFrame({
         "path": feats.keys, "group": res.group, "keep": res.keep, "group_size": res.group_sizes(),
@@ -71,7 +75,7 @@ def dedup_folder(root: Path, mode: str = "verified", workers: int = 0) -> pd.Dat
 
 
 def run(args: argparse.Namespace) -> int:
-    table = dedup_folder(args.dir, args.mode, args.workers)
+    table = dedup_folder(args.dir, args.mode, args.workers, args.all_sharpness)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)
     ok = table[table["error"] == ""]
