@@ -442,7 +442,6 @@ class _Geometry:
     t: int
     hann: np.ndarray    # (t, t) float32
     band: np.ndarray    # (t, t // 2 + 1) float32 0/1: the phase-correlation band
-    band_n: float       # number of band bins over the full (two-sided) spectrum
     grid: np.ndarray    # (t,) float32 pixel coordinates minus the centre
 
 
@@ -452,8 +451,7 @@ def _geometry(t: int) -> _Geometry:
     kx = np.fft.rfftfreq(t) * t
     r = np.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)
     band = ((r <= BAND[1]) & (r > BAND[0])).astype(np.float32)
-    band_n = float(band[:, 1:-1].sum() * 2 + band[:, [0, -1]].sum())
-    return _Geometry(t, _hann(t), band, band_n, (np.arange(t, dtype=np.float32) - (t - 1) / 2.0))
+    return _Geometry(t, _hann(t), band, np.arange(t, dtype=np.float32) - (t - 1) / 2.0)
 
 
 def spectra(thumbs: np.ndarray, block: int = 1024) -> np.ndarray:
@@ -666,10 +664,15 @@ def _scores(fa: Features, ii: np.ndarray, jj: np.ndarray, fb: Features | None, c
             half: bool) -> tuple[np.ndarray, np.ndarray]:
     """verify_pairs on the rows the pairs use (full-size thumbnails, or half-size when `half`)."""
     name = "coarse" if half else "thumbs"
-    fb = fa if fb is None else fb
-    ua, ub = np.unique(ii), np.unique(jj)
-    ta, tb = getattr(fa, name)[ua], getattr(fb, name)[ub]
-    args = (spectra(ta), ta, np.searchsorted(ua, ii), np.searchsorted(ub, jj), spectra(tb), tb, centre)
+    if fb is None:  # one set: the spectra of every row used, once
+        used = np.unique(np.concatenate([ii, jj]))
+        th = getattr(fa, name)[used]
+        sp = spectra(th)
+        args = (sp, th, np.searchsorted(used, ii), np.searchsorted(used, jj), sp, th, centre)
+    else:
+        ua, ub = np.unique(ii), np.unique(jj)
+        ta, tb = getattr(fa, name)[ua], getattr(fb, name)[ub]
+        args = (spectra(ta), ta, np.searchsorted(ua, ii), np.searchsorted(ub, jj), spectra(tb), tb, centre)
     return _parallel_verify(args, fa.workers)
 
 
