@@ -89,13 +89,17 @@ class Features:
     thumbs: np.ndarray      # uint8 (N, len(ZOOMS), THUMB, THUMB); no rows when "verify" was not computed
     coarse: np.ndarray      # uint8 (N, len(ZOOMS), COARSE, COARSE): the same at half size
     embed: np.ndarray       # float32 (N, EMB_DIM)
-    has_verify: bool = True
     errors: dict[Any, str] = field(default_factory=dict)
     loader: Callable[[Any], bytes] | None = None
     workers: int = 0
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    @property
+    def has_verify(self) -> bool:
+        """Whether the verification features (thumbnails, embedding) were computed."""
+        return len(self.thumbs) == len(self.keys)
 
     def fill_paper(self, rows: Iterable[int] | None = None, sharp: bool = True) -> None:
         """Compute the paper features of `rows` (default: all) where they are missing: the hashes, and
@@ -300,7 +304,7 @@ def _stack(rows: list[tuple[Any, dict[str, Any]]], errors: dict[Any, str], parts
         thumbs=_rows(get("thumbs") if verify else [], (len(ZOOMS), THUMB, THUMB), np.uint8),
         coarse=_rows(get("coarse") if verify else [], (len(ZOOMS), COARSE, COARSE), np.uint8),
         embed=_rows(get("embed") if verify else [], (EMB_DIM,), np.float32),
-        has_verify=verify, errors=errors, loader=loader, workers=workers,
+        errors=errors, loader=loader, workers=workers,
     )
 
 
