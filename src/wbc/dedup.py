@@ -265,7 +265,8 @@ def hash_images(load_fn: Callable[[Any], bytes], keys: Sequence[Any], workers: i
     are left out of the rows.
     """
     keys, parts = list(keys), tuple(sorted(set(parts)))
-    if not set(parts) <= {"paper", "sharpness", "verify"} or not ({"paper", "verify"} & set(parts)):
+    if not set(parts) <= {"paper", "sharpness", "verify"} or not ({"paper", "verify"} & set(parts)) \
+            or ("sharpness" in parts and "paper" not in parts):
         raise ConfigError(f"unknown feature parts {parts}; valid: paper, verify (+ sharpness with paper)")
     nw = min(n_workers(workers), max(1, len(keys) // 64))
     items = _load_all(load_fn, keys, parts)
