@@ -16,11 +16,8 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import zipfile
-from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,10 +27,9 @@ from torch import nn
 from tqdm import tqdm
 
 from wbc.errors import ConfigError, WbcError
+from wbc.inputs import InputItem, collect_inputs, read_items
 from wbc.train import normalise, read_meta, select_device
 
-#: File suffixes picked up inside folders and zip archives (explicit file arguments are always tried).
-IMAGE_SUFFIXES = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
 #: Confidence level of the differential-count intervals.
 CONFIDENCE = 0.95
 
@@ -83,87 +79,6 @@ def predict_array(
     return np.concatenate(chunks)
 
 
-# --------------------------------------------------------------------------------------------
-# Files, folders, zip archives
-# --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class InputItem:
-    """One image to predict: a file, or a member of a zip archive (`member` set)."""
-
-    path: Path
-    member: str | None = None
-    error: str | None = None  # known unreadable before reading (missing path, bad archive)
-
-    @property
-    def name(self) -> str:
-        """The name shown in the CSV: the path, or `archive.zip:member`."""
-        return f"{self.path}:{self.member}" if self.member is not None else str(self.path)
-
-
-def _is_image_name(name: str) -> bool:
-    base = name.rsplit("/", 1)[-1]
-    return not base.startswith("._") and Path(base).suffix.lower() in IMAGE_SUFFIXES
-
-
-def _zip_items(path: Path) -> list[InputItem]:
-    """Image members of a zip archive, sorted by name (`__MACOSX/`, `._*`, folders skipped)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = [i.filename for i in zf.infolist() if not i.is_dir()]
-    except (zipfile.BadZipFile, OSError) as exc:
-        return [InputItem(path, error=f"unreadable zip archive: {exc}")]
-    keep = [n for n in names if not n.startswith("__MACOSX/") and _is_image_name(n)]
-    return [InputItem(path, m) for m in sorted(keep)]
-
-
-def collect_inputs(paths: Sequence[str | Path]) -> list[InputItem]:
-    """Expand files, folders (recursive, sorted) and zip archives into a list of images.
-
-    Inside folders only image suffixes (`IMAGE_SUFFIXES`) and `.zip` archives are taken; a path
-    given explicitly is always tried. A missing path becomes an item with an error.
-    """
-    items: list[InputItem] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            for sub in sorted(p for p in path.rglob("*") if p.is_file()):
-                if sub.suffix.lower() == ".zip":
-                    items.extend(_zip_items(sub))
-                elif _is_image_name(sub.name):
-                    items.append(InputItem(sub))
-        elif path.is_file():
-            items.extend(_zip_items(path) if path.suffix.lower() == ".zip" else [InputItem(path)])
-        else:
-            items.append(InputItem(path, error="no such file or folder"))
-    return items
-
-
-def _read_items(items: Sequence[InputItem], size: int) -> Iterator[tuple[InputItem, np.ndarray | None, str]]:
-    """Yield (item, uint8 (3, S, S) array or None, error) in order; zip archives opened once."""
-    from wbc.split import square_resize
-    from wbc.store import BadImage, decode_image
-
-    with ExitStack() as stack:
-        archives: dict[Path, zipfile.ZipFile] = {}
-        for item in items:
-            if item.error:
-                yield item, None, item.error
-                continue
-            try:
-                if item.member is None:
-                    data = item.path.read_bytes()
-                else:
-                    if item.path not in archives:
-                        archives[item.path] = stack.enter_context(zipfile.ZipFile(item.path))
-                    data = archives[item.path].read(item.member)
-                yield item, square_resize(decode_image(data), size), ""
-            except BadImage as exc:
-                yield item, None, f"bad image: {exc}"
-            except (OSError, zipfile.BadZipFile, RuntimeError) as exc:
-                yield item, None, f"unreadable: {exc}"
-
-
 def predict_files(
     model: nn.Module,
     meta: Mapping[str, Any],
@@ -192,7 +107,7 @@ def predict_files(
             probs[[i for i, _ in pending]] = p
             pending.clear()
 
-    reader = _read_items(items, int(meta["image_size"]))
+    reader = read_items(items, int(meta["image_size"]))
     for i, (item, arr, err) in enumerate(tqdm(reader, total=len(items), desc="predict", unit="img", disable=None)):
         if arr is None:
             errors[i] = err
