@@ -18,7 +18,7 @@ from wbc import LABELS
 from wbc.cli import main
 from wbc.errors import ConfigError
 from wbc.models import build_model, load_checkpoint, save_checkpoint
-from wbc.predict import collect_inputs, differential_count, evaluate_all, predict_array, predict_files, wilson_interval
+from wbc.predict import differential_count, evaluate_all, predict_array, predict_files, wilson_interval
 from wbc.split import IMAGENET_MEAN, IMAGENET_STD, square_resize
 from wbc.store import decode_image
 
@@ -89,15 +89,6 @@ def _reference_probs(model: torch.nn.Module, data: bytes) -> np.ndarray:
     x = (x - np.array(IMAGENET_MEAN, np.float32)[:, None, None]) / np.array(IMAGENET_STD, np.float32)[:, None, None]
     with torch.no_grad():
         return torch.softmax(model(torch.from_numpy(x[None])), dim=1)[0].numpy()
-
-
-def test_collect_inputs(folder: Path, archive: Path, tmp_path: Path) -> None:
-    items = collect_inputs([folder, archive, tmp_path / "missing.png"])
-    names = [i.name for i in items]
-    assert names == [str(folder / "a.png"), str(folder / "broken.jpg"), str(folder / "sub" / "b.jpg"),
-                     str(folder / "sub" / "c.png"), f"{archive}:slide/trunc.png", f"{archive}:slide/y.jpg",
-                     f"{archive}:slide/z.png", str(tmp_path / "missing.png")]
-    assert items[-1].error and all(not i.error for i in items[:-1])
 
 
 def test_predict_files_folder_with_broken_file(folder: Path, checkpoint: Path) -> None:

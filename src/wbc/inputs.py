@@ -18,6 +18,7 @@ Limits come from the `ingest` section of params.yaml when the file is there, els
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
@@ -40,6 +41,7 @@ ARCHIVE_SUFFIXES = (".zip", ".rar", ".7z", ".tar", ".tgz", ".gz", ".bz2", ".xz",
 #: Default cap on the number of entries of one archive.
 DEFAULT_MAX_MEMBERS = 100_000
 PARAMS_FILE = "params.yaml"
+_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -155,13 +157,19 @@ def collect_inputs(paths: Sequence[str | Path], limits: InputLimits | Mapping[st
 
 
 def _read_file(path: Path, limits: InputLimits) -> bytes:
-    """A plain file's bytes, refusing (ArchiveError) files larger than `max_member_bytes`."""
+    """A plain file's bytes, read in chunks, refusing (ArchiveError) files larger than `max_member_bytes`."""
     cap = limits.archive.max_member_bytes
+    chunks, size = [], 0
     with path.open("rb") as fh:
-        data = fh.read(cap + 1)
-    if len(data) > cap:
-        raise ArchiveError(f"file too large: {path} (> max_member_bytes {cap})")
-    return data
+        declared = os.fstat(fh.fileno()).st_size
+        if declared > cap:
+            raise ArchiveError(f"file too large: {path} ({declared} bytes > max_member_bytes {cap})")
+        while chunk := fh.read(_CHUNK):
+            size += len(chunk)
+            if size > cap:
+                raise ArchiveError(f"file too large: {path} (> max_member_bytes {cap})")
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _archive_data(path: Path, items: list[InputItem], limits: InputLimits) -> Iterator[tuple[InputItem, bytes | None, str]]:
