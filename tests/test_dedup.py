@@ -222,15 +222,22 @@ def _result(group: list[int]) -> dedup.GroupResult:
 
 
 def test_resolve_conflicts_drop_and_majority():
-    res = _result([0, 0, 0, 1, 1, 2])
-    labels = ["eosinophil", "eosinophil", "neutrophil", "monocyte", "lymphocyte", "basophil"]
-    sharp = np.array([1.0, 2.0, 5.0, 1.0, 1.0, 1.0])
-    keys = [f"k{x}" for x in range(6)]
-    keep, conflict, _ = dedup.resolve_conflicts(res, labels, sharp, keys, "drop")
-    assert conflict.tolist() == [True] * 5 + [False] and keep.tolist() == [False] * 5 + [True]
-    keep, conflict, out = dedup.resolve_conflicts(res, labels, sharp, keys, "majority")
-    # group 0: majority eosinophil, sharpest eosinophil kept (not the sharper neutrophil); group 1: a tie
-    assert keep.tolist() == [False, True, False, False, False, True] and out[1] == "eosinophil"
+    res = _result([0, 0, 0, 1, 1, 2, 3, 3])
+    labels = ["eosinophil", "eosinophil", "neutrophil", "monocyte", "lymphocyte", "basophil", "basophil", "basophil"]
+    sharp = np.array([1.0, 2.0, 5.0, 1.0, 1.0, 1.0, 3.0, 1.0])
+    keys = [f"k{x}" for x in range(8)]
+    drop = dedup.resolve_conflicts(res, labels, sharp, keys, "drop")
+    assert drop.conflict.tolist() == [True] * 5 + [False] * 3
+    assert drop.keep.tolist() == [False] * 5 + [True, True, False]
+    assert drop.reason.tolist() == [dedup.LABEL_CONFLICT] * 5 + ["", "", dedup.DUPLICATE]
+    assert drop.winner.tolist() == [""] * 8
+    major = dedup.resolve_conflicts(res, labels, sharp, keys, "majority")
+    # group 0: majority eosinophil, the sharpest eosinophil kept (not the sharper neutrophil); group 1: a tie
+    assert major.keep.tolist() == [False, True, False, False, False, True, True, False]
+    assert major.reason.tolist() == [dedup.DUPLICATE, "", dedup.MINORITY_LABEL, dedup.LABEL_TIE, dedup.LABEL_TIE,
+                                     "", "", dedup.DUPLICATE]
+    assert major.winner.tolist() == ["eosinophil"] * 3 + [""] * 5
+    assert (major.conflict == drop.conflict).all()
     with pytest.raises(ConfigError):
         dedup.resolve_conflicts(res, labels, sharp, keys, "vote")
     with pytest.raises(ConfigError):
@@ -365,7 +372,7 @@ def test_verified_mode_on_real_pbc(pbc):
     x, y = f.keys.index("eosinophil/EO_225902.jpg"), f.keys.index("neutrophil/BNE_191112.jpg")
     assert res.group[x] == res.group[y]
     labels = [k.split("/")[0] for k in f.keys]
-    keep, conflict, _ = dedup.resolve_conflicts(res, labels, f.sharpness, f.keys, "drop")
-    assert conflict[x] and conflict[y] and not keep[x] and not keep[y]
+    out = dedup.resolve_conflicts(res, labels, f.sharpness, f.keys, "drop")
+    assert out.conflict[x] and out.conflict[y] and not out.keep[x] and not out.keep[y]
     # the verification is strict: few groups beyond the byte-identical ones
     assert res.n_confirmed < 60

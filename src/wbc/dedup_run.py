@@ -19,8 +19,8 @@ from wbc.store import ImageStore
 
 @dataclass
 class DedupOutcome:
-    kept: pd.DataFrame       # manifest rows kept (label rewritten by on_conflict=majority)
-    groups: pd.DataFrame     # one row per image in a group of two or more
+    kept: pd.DataFrame       # manifest rows kept (labels unchanged: a kept image carries its group's label)
+    groups: pd.DataFrame     # one row per image in a group of two or more (winner, reason: see _group_table)
     audit: pd.DataFrame      # confirmed pairs across sources or across the sources' own splits
     summary: dict[str, Any]
 
@@ -39,6 +39,8 @@ def run(manifest: pd.DataFrame, store_root: str | Path, params: dict[str, Any]) 
     if mode not in dedup.MODES:
         raise ConfigError(f"dedup.mode {mode!r} is unknown; valid: {', '.join(dedup.MODES)}")
     on_conflict = params.get("on_conflict", "drop")
+    if on_conflict not in dedup.CONFLICT_RULES:
+        raise ConfigError(f"dedup.on_conflict {on_conflict!r} is unknown; valid: {', '.join(dedup.CONFLICT_RULES)}")
     rows = manifest[manifest["label"].isin(LABELS)].sort_values("id", kind="stable").reset_index(drop=True)
     stored = rows[(rows["status"] == "ok") & (rows["shard"] >= 0)]
     store = ImageStore(store_root)
@@ -50,27 +52,29 @@ def run(manifest: pd.DataFrame, store_root: str | Path, params: dict[str, Any]) 
     res = results[mode]
     by_id = rows.set_index("id")
     labels = by_id.loc[feats.keys, "label"].to_numpy()
-    keep, conflict, new_labels = dedup.resolve_conflicts(res, labels, feats.sharpness, feats.keys, on_conflict)
+    resolution = dedup.resolve_conflicts(res, labels, feats.sharpness, feats.keys, on_conflict)
+    keep = resolution.keep
 
-    # in = kept + removed + conflict + quarantined; images dedup cannot decode stay "quarantined"
+    # in = kept + duplicate + conflict + quarantined; images dedup cannot decode stay "quarantined"
     # (their reasons are listed in the summary)
     status = pd.Series("quarantined", index=rows["id"])
     idx = pd.Index(feats.keys)
     status.loc[idx[keep]] = "kept"
-    status.loc[idx[~keep & ~conflict]] = "duplicate"
-    status.loc[idx[conflict & ~keep]] = "conflict"
+    status.loc[idx[~keep & (resolution.reason == dedup.DUPLICATE)]] = "duplicate"
+    status.loc[idx[~keep & (resolution.reason != dedup.DUPLICATE)]] = "conflict"
 
     kept = rows[rows["id"].isin(idx[keep])].copy()
-    relabel = dict(zip(feats.keys, new_labels))
-    kept["label"] = kept["id"].map(relabel)
-    groups = _group_table(feats, res, keep, conflict, by_id)
+    groups = _group_table(feats, res, resolution, by_id)
     audit = _audit(feats, res, by_id)
     summary = _summary(rows, status, results, mode, on_conflict, groups, audit)
     summary["unreadable"] = dict(sorted(feats.errors.items()))
     return DedupOutcome(kept.reset_index(drop=True), groups, audit, summary)
 
 
-def _group_table(feats, res, keep, conflict, by_id) -> pd.DataFrame:
+def _group_table(feats, res, resolution, by_id) -> pd.DataFrame:
+    """One row per image in a group of two or more: `kept`, `conflict` (the group's members carry
+    different labels), `winner` (the majority label that won a conflict group, "" otherwise) and
+    `reason` (why the image was dropped: dedup.DUPLICATE, LABEL_CONFLICT, MINORITY_LABEL, LABEL_TIE)."""
     sizes = res.group_sizes()
     members = np.flatnonzero(sizes > 1)
     best = res.best_pair_stats()
@@ -83,8 +87,10 @@ def _group_table(feats, res, keep, conflict, by_id) -> pd.DataFrame:
         "member": [by_id.at[feats.keys[i], "member"] for i in members],
         "label": [by_id.at[feats.keys[i], "label"] for i in members],
         "size": sizes[members],
-        "kept": keep[members],
-        "conflict": conflict[members],
+        "kept": resolution.keep[members],
+        "conflict": resolution.conflict[members],
+        "winner": resolution.winner[members],
+        "reason": resolution.reason[members],
         "sharpness": np.round(feats.sharpness[members], 4),
         "ahash_dist": pd.array([best["ahash_dist"].get(i, pd.NA) for i in members], dtype="Int64"),
         "phash_dist": pd.array([best["phash_dist"].get(i, pd.NA) for i in members], dtype="Int64"),
@@ -127,16 +133,29 @@ def _summary(rows, status, results, mode, on_conflict, groups, audit) -> dict[st
                  "groups": int((np.bincount(r.group) > 1).sum()) if len(r.group) else 0,
                  "images_removed": int((~r.keep).sum())}
              for m, r in results.items()}
-    conflicts = groups[groups["conflict"]]
     audit_counts = (audit.groupby(["source_a", "split_a", "source_b", "split_b"]).size()
                     .rename("pairs").reset_index().to_dict("records")) if len(audit) else []
     return {
         "mode": mode, "on_conflict": on_conflict, "totals": totals, "sources": per, "pairs": pairs,
-        "label_conflicts": {"groups": int(conflicts["group"].nunique()),
-                            "examples": [sorted(g["id"].tolist()) for _, g in conflicts.groupby("group")][:10]},
+        "label_conflicts": _conflict_summary(groups),
         "audit": {"pairs": int(len(audit)), "by_pair": audit_counts,
                   "examples": audit.head(10)[["id_a", "id_b", "score"]].to_dict("records")},
     }
+
+
+def _conflict_summary(groups: pd.DataFrame) -> dict[str, Any]:
+    """Label-conflict groups by outcome (majority kept one image, tie dropped all, the drop rule dropped
+    all; groups = the three summed), images kept/dropped in them, and up to 10 example groups."""
+    conflicts = groups[groups["conflict"]]
+    outcome = {g: ("majority" if m["kept"].any() else "tie" if (m["reason"] == dedup.LABEL_TIE).any() else "dropped")
+               for g, m in conflicts.groupby("group")}
+    examples = [{"outcome": outcome[g], "winner": str(m["winner"].iloc[0]),
+                 "members": [f"{i} ({lab})" for i, lab in zip(m["id"], m["label"])]}
+                for g, m in conflicts.groupby("group")]
+    return {"groups": len(outcome), "majority": sum(o == "majority" for o in outcome.values()),
+            "tie": sum(o == "tie" for o in outcome.values()), "dropped": sum(o == "dropped" for o in outcome.values()),
+            "images_kept": int(conflicts["kept"].sum()), "images_dropped": int((~conflicts["kept"]).sum()),
+            "examples": examples[:10]}
 
 
 def montage(groups: pd.DataFrame, store_root: str | Path, manifest: pd.DataFrame, path: str | Path,
