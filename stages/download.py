@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from wbc import ingest, plots, sources, synthetic
+from wbc import fetch, ingest, plots, sources, synthetic
 from wbc.params import load_params, run_stage
 
 RAW = Path("data/raw")
@@ -30,8 +30,8 @@ def main() -> int:
     for src in selected:
         if src.get("generator"):
             continue
-        res = sources.fetch(src, RAW, mirror=data.get("mirror"), timeout=dl["timeout"],
-                            retries=dl["retries"], backoff=dl["backoff"])
+        res = fetch.fetch(src, RAW, mirror=data.get("mirror"), timeout=dl["timeout"],
+                          retries=dl["retries"], backoff=dl["backoff"])
         archives[src["id"]] = {"file": src["file"], "sha256": res.sha256, "size": res.size}
 
     manifest = ingest.ingest_sources(selected, RAW, MANIFEST, STORE, params["ingest"])

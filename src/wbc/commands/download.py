@@ -1,9 +1,10 @@
-"""`wbc download`: fetch source archives (by source id or profile name) into a folder."""
+"""`wbc download`: fetch source archives (by source id or profile name) into a folder, verified
+against the checksum lock (`src/wbc/sources.lock.yaml`); `--accept-new` re-pins."""
 from __future__ import annotations
 
 import argparse
 
-from wbc import sources
+from wbc import fetch, sources
 
 HELP = "download source archives (source ids or profile names) from a mirror or their origin"
 
@@ -21,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backoff", type=float, default=1.0,
                         help="seconds before the first retry, doubled each time (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--accept-new", action="store_true",
+                        help="upstream legitimately published a new version: forget the pinned size/sha256 of "
+                             "the named sources, delete their files in --dest, download them again and pin them")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,8 +33,9 @@ def run(args: argparse.Namespace) -> int:
         if entry.get("generator"):
             print(f"{entry['id']}: generated ({entry['generator']}), not downloaded: use `wbc synth`")
             continue
-        result = sources.fetch(entry, args.dest, mirror=args.mirror, timeout=args.timeout,
-                               retries=args.retries, backoff=args.backoff, progress=not args.no_progress)
-        how = "already present" if result.reused else f"from {result.origin}"
-        print(f"{entry['id']}: {result.path} ({result.size / 2**20:.1f} MiB, sha256 {result.sha256}) {how}")
+        result = fetch.fetch(entry, args.dest, mirror=args.mirror, timeout=args.timeout, retries=args.retries,
+                             backoff=args.backoff, progress=not args.no_progress, accept_new=args.accept_new)
+        how = "already present, verified" if result.reused else f"from {result.origin}"
+        pinned = f", pinned in {fetch.lock_path()}" if result.pinned else ""
+        print(f"{entry['id']}: {result.path} ({result.size / 2**20:.1f} MiB, sha256 {result.sha256}) {how}{pinned}")
     return 0
