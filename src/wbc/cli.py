@@ -16,6 +16,7 @@ COMMANDS = {
     "train": "train",
     "evaluate": "evaluate",
     "predict": "predict",
+    "segment": "segment",
 }
 
 
