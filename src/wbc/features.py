@@ -99,18 +99,26 @@ def colour_spaces(rgb: np.ndarray) -> list[np.ndarray]:
 
 def region_stats(balanced: np.ndarray, nucleus: np.ndarray, hull: np.ndarray) -> np.ndarray:
     """Mean and population std of the 12 channels over nucleus, ROC and hull: array (stat, region, channel);
-    NaN for an empty region. Computed on the hull's bounding box with OpenCV's masked meanStdDev."""
+    NaN for an empty region. OpenCV's masked meanStdDev over the hull's bounding box gives the nucleus
+    and hull statistics; the ROC's (hull minus nucleus) follow from their sums and sums of squares."""
     x, y, w, h = cv2.boundingRect(hull.view(np.uint8))
     box = (slice(y, y + h), slice(x, x + w))
     nuc, hul = np.ascontiguousarray(nucleus[box]).view(np.uint8), np.ascontiguousarray(hull[box]).view(np.uint8)
-    masks = (nuc, cv2.subtract(hul, nuc), hul)  # nucleus, ROC (hull minus nucleus), hull
-    stats = np.full((2, 3, 12), np.nan)
+    n = np.array([cv2.countNonZero(nuc), cv2.countNonZero(hul)], np.float64)[:, None]  # (nucleus, hull)
+    mean, std = np.full((2, 12), np.nan), np.full((2, 12), np.nan)
     for s, image in enumerate(colour_spaces(np.ascontiguousarray(balanced[box]))):
-        for r, mask in enumerate(masks):
-            if cv2.countNonZero(mask):
-                mean, std = cv2.meanStdDev(image, mask=mask)
-                stats[0, r, 3 * s:3 * s + 3], stats[1, r, 3 * s:3 * s + 3] = mean.ravel(), std.ravel()
-    return stats
+        for r, mask in enumerate((nuc, hul)):
+            if n[r, 0] > 0:
+                m, d = cv2.meanStdDev(image, mask=mask)
+                mean[r, 3 * s:3 * s + 3], std[r, 3 * s:3 * s + 3] = m.ravel(), d.ravel()
+    n_roc = n[1] - n[0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        roc_mean = (n[1] * mean[1] - n[0] * mean[0]) / n_roc
+        roc_sq = (n[1] * (std[1] ** 2 + mean[1] ** 2) - n[0] * (std[0] ** 2 + mean[0] ** 2)) / n_roc
+    roc_std = np.sqrt(np.maximum(roc_sq - roc_mean ** 2, 0.0))
+    if n_roc[0] <= 0:
+        roc_mean[:], roc_std[:] = np.nan, np.nan
+    return np.stack([np.stack([mean[0], roc_mean, mean[1]]), np.stack([std[0], roc_std, std[1]])])
 
 
 def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
