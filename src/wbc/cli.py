@@ -17,6 +17,7 @@ COMMANDS = {
     "evaluate": "evaluate",
     "predict": "predict",
     "segment": "segment",
+    "serve": "serve",
 }
 
 
