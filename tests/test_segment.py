@@ -76,6 +76,16 @@ def test_ring_and_lobes_are_not_solid(shape):
     assert seg.roc.sum() > 0.05 * seg.hull.sum()
 
 
+def test_m_channel_fallback_for_a_nucleus_the_formula_removes():
+    """A very dark purple nucleus has K - M > min(M, S): the nucleus image is 0 there and Otsu on it
+    fails, so the paper's fallback (Otsu on M) segments it."""
+    rgb, truth = cell()
+    rgb[truth] = (60, 40, 70)
+    seg = segment(rgb)
+    assert seg.status == "m_fallback" and seg.source == "m_channel"
+    assert dice(seg.nucleus, truth) > 0.95
+
+
 def test_ring_hole_kept_small_holes_filled():
     ring = np.zeros((100, 100), bool)
     cv2.circle(ring.view(np.uint8), (50, 50), 30, 1, -1)

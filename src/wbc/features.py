@@ -163,20 +163,14 @@ def extract_bytes(data: bytes) -> tuple[np.ndarray, str]:
 
 # ----------------------------------------------------------------------------- many images
 
-_JOB: tuple[str, np.ndarray] | None = None  # (store root, int64 (n, 3) shard/offset/length), set before forking
-_STORES: dict[str, ImageStore] = {}  # per process: shards memory-mapped once
-
-
-def _store(root: str) -> ImageStore:
-    if root not in _STORES:
-        _STORES[root] = ImageStore(root)
-    return _STORES[root]
+#: The current job: (the store, int64 (n, 3) shard/offset/length). Set before forking, so the workers
+#: inherit it (each maps the shards it reads on first use); cleared after the call.
+_JOB: tuple[ImageStore, np.ndarray] | None = None
 
 
 def _chunk(bounds: tuple[int, int]) -> tuple[int, np.ndarray, list[str]]:
     """Features of rows [start, stop) of the current job (runs in a worker, or in this process)."""
-    root, index = _JOB
-    store = _store(root)
+    store, index = _JOB
     start, stop = bounds
     x = np.empty((stop - start, N_FEATURES), np.float32)
     status = []
@@ -230,9 +224,8 @@ def extract_rows(rows: pd.DataFrame, store_root: str | Path, workers: int = 0, p
     status = np.full(n, UNREADABLE, dtype=object)
     nw = max(1, min(n_workers(workers), n))
     tasks = _chunks(n, nw)
-    _JOB = (str(store_root), index)
+    _JOB = (ImageStore(store_root), index)  # a missing store is an error here, not n unreadable rows
     try:
-        ImageStore(store_root)  # a missing store is an error here, not n unreadable rows
         with tqdm(total=n, desc="features", unit="img", disable=None if progress else True) as bar:
             for start, part, stat in _run(tasks, nw):
                 x[start:start + len(part)] = part
