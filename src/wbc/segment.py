@@ -29,7 +29,7 @@ Degenerate inputs get a defined result (`STATUSES`): `bad_input` (not an HxWx3/H
 of at least `MIN_SIDE` pixels a side; masks empty) and `no_nucleus` (masks empty) are exclusive;
 otherwise the status is "ok" or the flags that apply joined by "+" in `FLAGS` order, e.g.
 "touches_border+empty_roc". RGBA input is composited on white (as `wbc.store.to_rgb` does).
-Everything scales with the image: no size constant except the blur.
+Everything scales with the image: no size constant except the blur and MIN_SIDE.
 """
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ MIN_COMPONENT = 0.1
 #: Holes smaller than this fraction of the nucleus area are filled.
 HOLE_FRACTION = 0.1
 #: Radius of the morphological closing, as a fraction of sqrt(nucleus area) (~5 % of the equivalent
-#: radius): smooths the boundary where pale chromatin meets it, without merging separate lobes.
+#: radius, 2 px on PBC): smooths the boundary where pale chromatin meets it; only gaps narrower than
+#: twice that (thin chromatin strands between lobes) are bridged.
 CLOSE_FRACTION = 0.03
 #: Gaussian blur of the nucleus image: the paper's 5x5, and 3x3 for images under SMALL_SIDE pixels
 #: a side (measured on real PBC cells shrunk to 64 and 96 px: the 3x3 mask agrees better with the
