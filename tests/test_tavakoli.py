@@ -43,6 +43,7 @@ def test_fit_predict(model):
     assert p.shape == (200, 5) and np.allclose(p.sum(axis=1), 1.0) and (p >= 0).all()
     assert (p.argmax(axis=1) == y).mean() > 0.9
     assert list(model.predict(X[:3])) == [LABELS[0]] * 3
+    assert model.predict_proba(X[:0]).shape == (0, 5)
     assert model.classes == LABELS and MODEL_NAME == "tavakoli_svm"
 
 

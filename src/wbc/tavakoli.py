@@ -132,7 +132,10 @@ class TavakoliSVM:
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         """One-vs-rest SVC decision values (n, classes present in training), or (n, 1) with two classes."""
         self._check_fitted()
-        d = self.svc.decision_function(self.scaler.transform(impute(_features(X), self.medians)))
+        X = _features(X)
+        if not len(X):
+            return np.zeros((0, len(self.calib_a)))
+        d = self.svc.decision_function(self.scaler.transform(impute(X, self.medians)))
         return d.reshape(len(d), -1)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
