@@ -1,32 +1,29 @@
-"""Stage `evaluate`: the headline checkpoint (models/model.pt, as `headline`) and every
-models/compare/<name>.pt on the packed test set and each external set.
+"""Stage `evaluate@<model>-<seed>` (and `evaluate_headline@<seed>`): one model file on the packed
+test set and every external set -> metrics.json, predictions and confusion matrices per set.
 
-Params: model, compare, evaluate (batch_size).  Outputs: reports/evaluate/<name>/{metrics.json,
-confusion_<set>.png, predictions_<set>.csv} and reports/metrics.json (the headline's metrics).
+dvc.yaml writes every path on the command line; params: evaluate.batch_size.
 """
 from __future__ import annotations
 
-from pathlib import Path
+import argparse
 
+from wbc.evaluate import evaluate_predictor
 from wbc.params import load_params, run_stage
-from wbc.predict import evaluate_all
-
-PACKED = Path("data/processed/packed")
-HEADLINE = Path("models/model.pt")
-COMPARE = Path("models/compare")
-OUT = Path("reports/evaluate")
-METRICS = Path("reports/metrics.json")
+from wbc.predictors import load_predictor
+from wbc.train import select_device
 
 
 def main() -> int:
-    params = load_params()
-    compare = {name: COMPARE / f"{name}.pt" for name in params.get("compare") or []}
-    results = evaluate_all(HEADLINE, compare, packed_dir=PACKED, out_root=OUT, metrics_path=METRICS,
-                           batch_size=int(params.get("evaluate", {}).get("batch_size", 64)))
-    head = results["headline"]
+    parser = argparse.ArgumentParser(description=__doc__)
+    for flag in ("--model-file", "--packed", "--features", "--out"):
+        parser.add_argument(flag, required=True)
+    args = parser.parse_args()
+    predictor = load_predictor(args.model_file, device=select_device("auto"))
+    batch_size = int(load_params().get("evaluate", {}).get("batch_size", 64))
+    result = evaluate_predictor(predictor, args.packed, args.out, features_dir=args.features, batch_size=batch_size)
     scores = "; ".join(f"{s} accuracy {m['accuracy']}, macro-F1 {m['macro_f1']}"
-                       for s, m in head.items() if isinstance(m, dict))
-    print(f"evaluate: {len(results)} model(s); headline {head['model']}: {scores} -> {METRICS}")
+                       for s, m in result.items() if isinstance(m, dict))
+    print(f"evaluate: {args.model_file} ({predictor.model_name}): {scores} -> {args.out}")
     return 0
 
 

@@ -1,24 +1,27 @@
-"""Stage `report`: reports/results.md and reports/results.csv (the paper's Table 8/9 layout)
-from reports/evaluate/<name>/metrics.json.
+"""Stage `report`: the result table over models and seeds (mean, 95 % confidence interval), the
+per-seed table, the interval plot and reports/metrics.json (the headline model).
 
-Params: model, compare.  Outputs: reports/results.md, reports/results.csv.
+dvc.yaml writes the paths; params: model, compare, seeds.
 """
 from __future__ import annotations
 
-from pathlib import Path
+import argparse
 
 from wbc.params import load_params, run_stage
 from wbc.report import write_results
-
-EVALUATE = Path("reports/evaluate")
-MD = Path("reports/results.md")
-CSV = Path("reports/results.csv")
+from wbc.zoo import check_table, table_runs
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    for flag in ("--evaluate", "--out", "--metrics"):
+        parser.add_argument(flag, required=True)
+    args = parser.parse_args()
     params = load_params()
-    table = write_results(EVALUATE, params["model"], params.get("compare") or [], MD, CSV)
-    print(f"report: {table['model'].nunique()} model(s) x {table['set'].nunique()} test set(s) -> {MD}, {CSV}")
+    model, compare, seeds = check_table(params.get("model"), params.get("compare"), params.get("seeds"))
+    table = write_results(args.evaluate, table_runs(model, compare, seeds), model, seeds, args.out, args.metrics)
+    print(f"report: {table['model'].nunique()} model(s) x {len(seeds)} seed(s) x {table['set'].nunique()} "
+          f"test set(s) -> {args.out}/results.md, {args.metrics}")
     return 0
 
 

@@ -1,26 +1,25 @@
-"""Stage `train`: the headline model (params `model`) -> models/model.pt, reports/train/headline/.
+"""Stage `train@<model>-<seed>` (and `train_headline@<seed>`): train one model with one seed.
 
-When the model is also in `compare`, its compare checkpoint and dvclive log are copied instead of
-training it a second time. Params: model, compare, train.
+dvc.yaml writes the model, the seed and every path on the command line; the params file gives the
+`train` section (CNNs). Outputs: the model file and its log folder.
 """
 from __future__ import annotations
 
-from pathlib import Path
+import argparse
 
 from wbc.params import load_params, run_stage
-from wbc.train import TrainConfig, train_headline
-
-PACKED = Path("data/processed/packed")
-OUT = Path("models/model.pt")
-LOG = Path("reports/train/headline")
+from wbc.runs import train_run
 
 
 def main() -> int:
-    params = load_params()
-    cfg = TrainConfig.from_params(params.get("train"))
-    how = train_headline(str(params.get("model")), params.get("compare"), PACKED, cfg, OUT, LOG,
-                         compare_models=Path("models/compare"), compare_logs=Path("reports/train/compare"))
-    print(f"train: {params.get('model')} {how} -> {OUT}, log {LOG}")
+    parser = argparse.ArgumentParser(description=__doc__)
+    for flag in ("--model", "--packed", "--features", "--out", "--log"):
+        parser.add_argument(flag, required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    args = parser.parse_args()
+    summary = train_run(args.model, args.seed, packed_dir=args.packed, features_dir=args.features,
+                        out=args.out, log_dir=args.log, train_params=load_params().get("train"))
+    print(f"train: {summary}")
     return 0
 
 

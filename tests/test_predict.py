@@ -1,4 +1,5 @@
-"""wbc.predict: `wbc predict` on folders and zip archives, the differential count, the evaluate stage."""
+"""wbc.predict, wbc.predictors, wbc.evaluate: `wbc predict` on folders and zip archives, the differential
+count, evaluating one model file on the packed sets (the evaluate stage), `wbc evaluate` and `wbc report`."""
 from __future__ import annotations
 
 import io
@@ -18,7 +19,9 @@ from wbc import LABELS
 from wbc.cli import main
 from wbc.errors import ConfigError
 from wbc.models import build_model, load_checkpoint, save_checkpoint
-from wbc.predict import differential_count, evaluate_all, predict_array, predict_files, wilson_interval
+from wbc.evaluate import evaluate_predictor
+from wbc.predict import differential_count, predict_files, wilson_interval
+from wbc.predictors import load_predictor, predict_array
 from wbc.split import IMAGENET_MEAN, IMAGENET_STD, square_resize
 from wbc.store import decode_image
 
@@ -93,7 +96,7 @@ def _reference_probs(model: torch.nn.Module, data: bytes) -> np.ndarray:
 
 def test_predict_files_folder_with_broken_file(folder: Path, checkpoint: Path) -> None:
     model, meta = load_checkpoint(checkpoint)
-    frame = predict_files(model, meta, [folder], batch_size=2)
+    frame = predict_files(load_predictor(checkpoint), [folder], batch_size=2)
     assert list(frame.columns) == COLUMNS
     assert len(frame) == 4
     broken = frame[frame["path"].str.endswith("broken.jpg")].iloc[0]
@@ -181,40 +184,35 @@ def _packed(root: Path, sets: dict[str, int], classes: list[str] = list(LABELS))
     return root
 
 
-def test_evaluate_all(tmp_path: Path, checkpoint: Path, constant_checkpoint: Path) -> None:
+def test_evaluate_predictor(tmp_path: Path, checkpoint: Path, constant_checkpoint: Path) -> None:
     packed = _packed(tmp_path / "packed", {"train": 4, "val": 3, "test": 13, "ext": 7})
     out = tmp_path / "reports" / "evaluate"
-    (out / "stale_model").mkdir(parents=True)
-    metrics_path = tmp_path / "reports" / "metrics.json"
-    results = evaluate_all(constant_checkpoint, {"tiny": checkpoint}, packed_dir=packed, out_root=out,
-                           metrics_path=metrics_path, batch_size=4, device="cpu")
-    assert sorted(p.name for p in out.iterdir()) == ["headline", "tiny"]
-    for name in ("headline", "tiny"):
+    (out / "headline-1").mkdir(parents=True)
+    (out / "headline-1" / "stale.png").write_bytes(b"old")
+    results = {name: evaluate_predictor(load_predictor(ckpt), packed, out / name, batch_size=4)
+               for name, ckpt in (("headline-1", constant_checkpoint), ("tiny-1", checkpoint))}
+    for name in ("headline-1", "tiny-1"):
         assert sorted(p.name for p in (out / name).iterdir()) == [
             "confusion_ext.png", "confusion_test.png", "metrics.json", "predictions_ext.csv", "predictions_test.csv"]
     # the constant model predicts lymphocyte (class 2) for every image
     y = np.load(packed / "test_y.npy")
-    head = json.loads((out / "headline" / "metrics.json").read_text())
-    assert head == results["headline"] and head["model"] == ARCH and set(head) == {"model", "test", "ext"}
+    head = json.loads((out / "headline-1" / "metrics.json").read_text())
+    assert head == results["headline-1"] and head["model"] == ARCH and set(head) == {"model", "test", "ext"}
     assert head["test"]["accuracy"] == round(float(np.mean(y == 2)), 4)
     assert head["test"]["per_class"]["lymphocyte"]["sensitivity"] == 1.0
     assert head["test"]["per_class"]["basophil"]["sensitivity"] == 0.0
     assert head["test"]["confusion_matrix"][2] == [0, 0, int(np.sum(y == 2)), 0, 0]
-    preds = pd.read_csv(out / "headline" / "predictions_test.csv")
+    preds = pd.read_csv(out / "headline-1" / "predictions_test.csv")
     assert list(preds.columns) == ["actual", "predicted"]
     assert preds["actual"].tolist() == [LABELS[i] for i in y]
     assert set(preds["predicted"]) == {"lymphocyte"}
-    assert len(pd.read_csv(out / "headline" / "predictions_ext.csv")) == 7
-    # reports/metrics.json: the headline's metrics without confusion matrices
-    flat = json.loads(metrics_path.read_text())
-    assert flat["model"] == ARCH and flat["test"]["accuracy"] == head["test"]["accuracy"]
-    assert "confusion_matrix" not in flat["test"] and "per_class" in flat["ext"]
+    assert len(pd.read_csv(out / "headline-1" / "predictions_ext.csv")) == 7
     # the random model: CSV, metrics and a direct forward pass agree
-    tiny = json.loads((out / "tiny" / "metrics.json").read_text())
+    tiny = json.loads((out / "tiny-1" / "metrics.json").read_text())
     model, meta = load_checkpoint(checkpoint)
     x = np.load(packed / "ext_x.npy")
     expected = predict_array(model, x, meta["mean"], meta["std"], batch_size=100).argmax(axis=1)
-    ext = pd.read_csv(out / "tiny" / "predictions_ext.csv")
+    ext = pd.read_csv(out / "tiny-1" / "predictions_ext.csv")
     assert ext["predicted"].tolist() == [LABELS[i] for i in expected]
     assert tiny["ext"]["accuracy"] == round(float(np.mean(ext["actual"] == ext["predicted"])), 4)
 
@@ -233,8 +231,7 @@ def test_predict_array_normalises_with_checkpoint_stats(checkpoint: Path) -> Non
 def test_evaluate_rejects_mismatched_classes(tmp_path: Path, checkpoint: Path) -> None:
     packed = _packed(tmp_path / "packed", {"test": 5, "ext": 0}, classes=["a", "b", "c", "d", "e"])
     with pytest.raises(ConfigError, match="classes"):
-        evaluate_all(checkpoint, {}, packed_dir=packed, out_root=tmp_path / "ev",
-                     metrics_path=tmp_path / "m.json", device="cpu")
+        evaluate_predictor(load_predictor(checkpoint), packed, tmp_path / "ev")
 
 
 @pytest.mark.realdata
@@ -248,7 +245,7 @@ def test_predict_real_pbc_images(pbc_zip: Path, checkpoint: Path, tmp_path: Path
             for name in names:
                 dst.writestr(name, src.read(name))
     model, meta = load_checkpoint(checkpoint)
-    frame = predict_files(model, meta, [subset], batch_size=4)
+    frame = predict_files(load_predictor(checkpoint), [subset], batch_size=4)
     assert len(frame) == 7
     assert frame.loc[frame["error"] != "", "path"].tolist() == [f"{subset}:{fake}"]
     good = frame[frame["error"] == ""]
@@ -258,19 +255,27 @@ def test_predict_real_pbc_images(pbc_zip: Path, checkpoint: Path, tmp_path: Path
         np.testing.assert_allclose(probs[0], _reference_probs(model, zf.read(names[0])), atol=1e-5)
 
 
-def test_cli_evaluate_pipeline_mode(tmp_path: Path, checkpoint: Path, constant_checkpoint: Path,
-                                    monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    """`wbc evaluate` without checkpoints = the evaluate + report stages, run from a project root."""
+def test_cli_evaluate_and_report(tmp_path: Path, checkpoint: Path, constant_checkpoint: Path,
+                                 monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """`wbc evaluate MODEL_FILE...` then `wbc report`: the evaluate and report stages by hand."""
     monkeypatch.chdir(tmp_path)
-    _packed(tmp_path / "data" / "processed" / "packed", {"test": 6, "ext": 4})
-    (tmp_path / "models" / "compare").mkdir(parents=True)
-    (tmp_path / "models" / "model.pt").write_bytes(constant_checkpoint.read_bytes())
-    (tmp_path / "models" / "compare" / "tiny.pt").write_bytes(checkpoint.read_bytes())
-    (tmp_path / "params.yaml").write_text("model: constant\ncompare: [tiny]\nevaluate:\n  batch_size: 4\n")
-    assert main(["evaluate", "--device", "cpu"]) == 0
-    table = pd.read_csv(tmp_path / "reports" / "results.csv")
+    packed = _packed(tmp_path / "packed", {"test": 6, "ext": 4})
+    (tmp_path / "models").mkdir()
+    for name, ckpt in (("headline-1", constant_checkpoint), ("mobilenet_v2-1", checkpoint)):
+        (tmp_path / "models" / f"{name}.ckpt").write_bytes(ckpt.read_bytes())
+    assert main(["evaluate", "models/headline-1.ckpt", "models/mobilenet_v2-1.ckpt", "--packed", str(packed),
+                 "--out", "ev", "--device", "cpu"]) == 0
+    assert "headline-1 (shufflenet_v2_x1_0) test: n 6" in capsys.readouterr().out
+    (tmp_path / "params.yaml").write_text("model: shufflenet_v2_x1_0\ncompare: [mobilenet_v2]\nseeds: [1]\n")
+    assert main(["report", "--evaluate", "ev", "--out", "rep", "--metrics", "rep/metrics.json"]) == 0
+    table = pd.read_csv(tmp_path / "rep" / "results.csv")
     assert list(zip(table["set"], table["model"], table["headline"])) == [
-        ("test", "tiny", False), ("test", "constant", True), ("ext", "tiny", False), ("ext", "constant", True)]
-    flat = json.loads((tmp_path / "reports" / "metrics.json").read_text())
-    assert table.loc[1, "accuracy"] == flat["test"]["accuracy"]
-    assert "### ext (n = 4)" in (tmp_path / "reports" / "results.md").read_text()
+        ("test", "shufflenet_v2_x1_0", True), ("test", "mobilenet_v2", False),
+        ("ext", "shufflenet_v2_x1_0", True), ("ext", "mobilenet_v2", False)]
+    flat = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert table.loc[0, "accuracy"] == flat["test"]["accuracy"]
+    assert "### ext (n = 4)" in (tmp_path / "rep" / "results.md").read_text()
+    # the headline listed in compare too would be trained twice: refused with the fix
+    (tmp_path / "params.yaml").write_text("model: mobilenet_v2\ncompare: [mobilenet_v2]\nseeds: [1]\n")
+    assert main(["report", "--evaluate", "ev", "--out", "rep", "--metrics", "rep/metrics.json"]) == 2
+    assert "also in `compare`" in capsys.readouterr().err

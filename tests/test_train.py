@@ -13,7 +13,7 @@ from wbc.cli import main as cli_main
 from wbc.errors import ConfigError
 from wbc.models import load_checkpoint
 from wbc.train import (PackedSet, TrainConfig, Trainer, augment, balanced_sampler, loss_weights, make_loader,
-                       mean_colour, normalise, scale_levels, select_device, train_headline, train_model, check_model_list)
+                       mean_colour, normalise, scale_levels, select_device, train_model)
 
 SIZE = 32
 COLOURS = np.array([[220, 30, 30], [30, 220, 30], [30, 30, 220], [220, 220, 30], [220, 30, 220]], np.uint8)
@@ -187,27 +187,7 @@ def test_same_params_same_weights(packed: Path, tmp_path: Path) -> None:
     assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0])
 
 
-def test_headline_copied_from_compare_or_trained(packed: Path, tmp_path: Path) -> None:
-    compare_models, compare_logs = tmp_path / "compare", tmp_path / "logs"
-    (compare_logs / "mobilenet_v2" / "plots").mkdir(parents=True)
-    (compare_logs / "mobilenet_v2" / "plots" / "x.tsv").write_text("step\tx\n0\t1\n")
-    compare_models.mkdir()
-    (compare_models / "mobilenet_v2.pt").write_bytes(b"checkpoint bytes")
-    cfg = TrainConfig(**{**FAST, "epochs": 1, "max_steps": 1})
-    kw = dict(compare_models=compare_models, compare_logs=compare_logs)
-    how = train_headline("mobilenet_v2", ["mobilenet_v2"], packed, cfg, tmp_path / "model.pt", tmp_path / "head", **kw)
-    assert how == "copied" and (tmp_path / "model.pt").read_bytes() == b"checkpoint bytes"
-    assert (tmp_path / "head" / "plots" / "x.tsv").read_text() == "step\tx\n0\t1\n"
-    how = train_headline("shufflenet_v2_x1_0", ["mobilenet_v2"], packed, cfg, tmp_path / "model.pt",
-                         tmp_path / "head", **kw)
-    assert how == "trained" and load_checkpoint(tmp_path / "model.pt")[1]["model_name"] == "shufflenet_v2_x1_0"
-    assert not (tmp_path / "head" / "plots" / "x.tsv").exists()
-    assert (tmp_path / "head" / "plots" / "metrics" / "val" / "macro_f1.tsv").is_file()
-
-
 def test_unknown_model_fails_before_any_work(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="valid models: resnet18"):
-        check_model_list(["resnet18", "lenet"])
     with pytest.raises(ConfigError, match="lenet"):
         train_model("lenet", tmp_path / "nothing", TrainConfig(), tmp_path / "m.pt")
     assert not (tmp_path / "m.pt").exists()

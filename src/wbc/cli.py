@@ -13,8 +13,10 @@ COMMANDS = {
     "ingest": "ingest",
     "dedup": "dedup",
     "split": "split",
+    "features": "features",
     "train": "train",
     "evaluate": "evaluate",
+    "report": "report",
     "predict": "predict",
     "segment": "segment",
     "serve": "serve",
@@ -25,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wbc",
         description="wbc-repro: white-blood-cell datasets (PBC, Raabin-WBC) — synthesize, download, ingest, "
-        "deduplicate, split, train, evaluate and predict. Every pipeline stage is also a command here.",
+        "deduplicate, split, compute features, train, evaluate, report and predict. Every pipeline stage is also a command here.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -12,7 +12,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the command's arguments."""
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="image files, folders (searched recursively) and .zip archives")
-    parser.add_argument("--model", required=True, metavar="CHECKPOINT", help="checkpoint, e.g. models/model.pt")
+    parser.add_argument("--model", required=True, metavar="MODEL_FILE",
+                        help="a trained model file: a CNN checkpoint or tavakoli_svm, e.g. models/headline-1.ckpt")
     parser.add_argument("--out", default="predictions.csv", metavar="CSV",
                         help="output CSV (default: %(default)s): path, label, confidence, p_<class>..., error")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
@@ -24,13 +25,13 @@ def run(args: argparse.Namespace) -> int:
 
     Exit status 1 when no image could be read, else 0.
     """
-    from wbc.models import load_checkpoint
+    from wbc.inputs import InputLimits
     from wbc.predict import differential_count, format_differential, predict_files
+    from wbc.predictors import load_predictor
     from wbc.train import select_device
 
-    device = select_device(args.device)
-    model, meta = load_checkpoint(args.model, device=device)
-    frame = predict_files(model, meta, args.paths, batch_size=args.batch_size, device=device)
+    predictor = load_predictor(args.model, device=select_device(args.device))
+    frame = predict_files(predictor, args.paths, batch_size=args.batch_size, limits=InputLimits.from_params())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False, float_format="%.6f", lineterminator="\n")
@@ -42,5 +43,5 @@ def run(args: argparse.Namespace) -> int:
     if read == 0:
         print("wbc predict: error: no image could be read", file=sys.stderr)
         return 1
-    print(format_differential(differential_count(frame["label"].tolist(), meta["classes"])))
+    print(format_differential(differential_count(frame["label"].tolist(), predictor.classes)))
     return 0

@@ -1,0 +1,75 @@
+"""Evaluating one trained model (any kind, `wbc.predictors`) on the packed test and external sets.
+
+For each evaluation set (`test`, then each external set of the packed data) the model predicts
+every image, and `<out_dir>/` receives `metrics.json` (`wbc.metrics.classification_metrics` per
+set, plus the model name, its file and, for the feature-based model, the count of degenerate
+cells per set), `predictions_<set>.csv` and `confusion_<set>.png` (`wbc.report.write_set_outputs`).
+This is the `evaluate` stage of one (model, seed) instance and `wbc evaluate`.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from wbc.errors import ConfigError
+from wbc.features import load_features
+from wbc.metrics import classification_metrics
+from wbc.predictors import Predictor
+from wbc.report import write_set_outputs
+from wbc.train import read_meta
+
+
+def evaluation_sets(packed_meta: Mapping[str, Any]) -> list[str]:
+    """`test`, then each external set, skipping empty ones."""
+    sizes = packed_meta.get("sets", {})
+    return [s for s in ["test", *packed_meta.get("external", [])] if sizes.get(s, 0) > 0]
+
+
+def check_compatible(meta: Mapping[str, Any], packed_meta: Mapping[str, Any], name: str) -> None:
+    """A CNN checkpoint must have been trained on the packed classes and image size."""
+    if list(meta["classes"]) != list(packed_meta["classes"]):
+        raise ConfigError(f"{name}: checkpoint classes {meta['classes']} differ from the packed data's {packed_meta['classes']}")
+    if int(meta["image_size"]) != int(packed_meta["image_size"]):
+        raise ConfigError(f"{name}: checkpoint image_size {meta['image_size']} differs from the packed "
+                          f"data's {packed_meta['image_size']}; re-run the training stages")
+
+
+def degenerate_counts(features_dir: Path, set_name: str) -> dict[str, int]:
+    """Per status (other than `ok`), how many cells of a set the feature extraction flagged."""
+    status = load_features(features_dir / f"{set_name}.npz")["status"]
+    values, counts = np.unique(np.asarray(status, dtype=str), return_counts=True)
+    return {str(v): int(c) for v, c in zip(values, counts) if v != "ok"}
+
+
+def evaluate_predictor(predictor: Predictor, packed_dir: str | Path, out_dir: str | Path, *,
+                       features_dir: str | Path | None = None, batch_size: int = 64,
+                       title: str = "") -> dict[str, Any]:
+    """Evaluate one model on every evaluation set; write `out_dir` (emptied first). Returns the
+    metrics dict ``{"model": name, "<set>": classification_metrics(...), ...}``."""
+    packed_dir, out_dir = Path(packed_dir), Path(out_dir)
+    features_dir = Path(features_dir) if features_dir is not None else None
+    packed_meta = read_meta(packed_dir)
+    if list(predictor.classes) != list(packed_meta["classes"]):
+        raise ConfigError(f"{title or predictor.model_name}: model classes {predictor.classes} differ from "
+                          f"the packed data's {packed_meta['classes']}")
+    if out_dir.exists():  # the stage owns this folder: no stale files of another model
+        shutil.rmtree(out_dir)
+    classes = list(packed_meta["classes"])
+    title = title or predictor.model_name
+    result: dict[str, Any] = {"model": predictor.model_name}
+    for set_name in evaluation_sets(packed_meta):
+        x = predictor.set_inputs(set_name, packed_dir, features_dir)
+        y = np.load(packed_dir / f"{set_name}_y.npy")
+        y_pred = predictor.predict(x, batch_size=batch_size, desc=f"{title} {set_name}").argmax(axis=1)
+        metrics = classification_metrics(y, y_pred, classes)
+        if predictor.kind == "features":
+            metrics["degenerate_cells"] = degenerate_counts(features_dir, set_name)
+        write_set_outputs(out_dir, set_name, y, y_pred, classes, metrics, title=f"{title}: {set_name} (n = {len(y)})")
+        result[set_name] = metrics
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result
