@@ -26,7 +26,7 @@ from wbc.serve import (DEFAULT_MAX_FILES, DEFAULT_MAX_UPLOAD_MB, ServeConfig, ch
 from wbc.split import IMAGENET_MEAN, IMAGENET_STD
 from wbc.webapp import create_app
 from wbc.webapp.app import WEB_DIR
-from wbc.webapp.classify import prediction_csv
+from wbc.predict import predictions_csv
 from wbc.webapp.model import load_page_model
 from wbc.webapp.uploads import safe_name
 
@@ -114,7 +114,7 @@ def test_classify_zip_with_broken_file_matches_wbc_predict(client: TestClient, c
 
     frame, cli_csv = predict_locally(uploads, checkpoint, tmp_path, monkeypatch)
     csv_text = client.get(f"/api/jobs/{result['job']}/predictions.csv").text
-    assert csv_text == prediction_csv(frame) == cli_csv
+    assert csv_text == predictions_csv(frame) == cli_csv
     assert [r["path"] for r in result["rows"]] == frame["path"].tolist() == [
         *(f"batch.zip:slide/{n}" for n in sorted(["broken.jpg", *(f"{c}_{i}.jpg" for i, c in enumerate(LABELS))])),
         "cell.png", "bad.png"]
@@ -397,5 +397,5 @@ def test_results_without_reports(checkpoint: Path, tmp_path: Path) -> None:
 def test_csv_format_is_the_cli_one() -> None:
     frame = pd.DataFrame({"path": ["a.png", "b.png"], "label": ["basophil", ""], "confidence": [0.5, np.nan],
                           "p_basophil": [0.5, np.nan], "error": ["", "bad image: x"]})
-    assert prediction_csv(frame) == ("path,label,confidence,p_basophil,error\n"
+    assert predictions_csv(frame) == ("path,label,confidence,p_basophil,error\n"
                                      "a.png,basophil,0.500000,0.500000,\nb.png,,,,bad image: x\n")

@@ -21,7 +21,7 @@ import pytest
 from test_serve import cells_zip, checkpoint, write_reports  # noqa: F401  (checkpoint is a fixture)
 from wbc import LABELS
 from wbc.predict import differential_count
-from wbc.webapp.classify import prediction_csv
+from wbc.predict import predictions_csv
 from wbc.webapp.model import load_page_model
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -160,7 +160,7 @@ def test_classify_page_upload(server: str, browser, checkpoint: Path, tmp_path: 
 
     href = browser.find_element(By.ID, "download").get_attribute("href")
     with urllib.request.urlopen(href) as response:
-        assert response.read().decode("utf-8") == prediction_csv(frame)
+        assert response.read().decode("utf-8") == predictions_csv(frame)
     wait_until(browser, lambda d: d.execute_script(
         "return [...document.querySelectorAll('#pred-table img.thumb')].every(i => i.complete && i.naturalWidth > 0)"), 30)
     check_sort_and_filters(browser, frame)

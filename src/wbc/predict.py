@@ -60,6 +60,11 @@ def predict_files(
     return _prediction_frame(items, probs, errors, classes)
 
 
+def predictions_csv(frame: pd.DataFrame) -> str:
+    """The predictions CSV text (`wbc predict --out`, the web page's download): 6-decimal floats."""
+    return frame.to_csv(index=False, float_format="%.6f", lineterminator="\n")
+
+
 def _prediction_frame(items: Sequence[InputItem], probs: np.ndarray, errors: list[str], classes: list[str]) -> pd.DataFrame:
     ok = np.array([not e for e in errors], dtype=bool)
     best = np.where(ok, np.nan_to_num(probs, nan=-1.0).argmax(axis=1), -1)

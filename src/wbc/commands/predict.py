@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     Exit status 1 when no image could be read, else 0.
     """
     from wbc.inputs import InputLimits
-    from wbc.predict import differential_count, format_differential, predict_files
+    from wbc.predict import differential_count, format_differential, predict_files, predictions_csv
     from wbc.predictors import load_predictor
     from wbc.train import select_device
 
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     frame = predict_files(predictor, args.paths, batch_size=args.batch_size, limits=InputLimits.from_params())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out, index=False, float_format="%.6f", lineterminator="\n")
+    out.write_text(predictions_csv(frame), encoding="utf-8")
     bad = frame[frame["error"] != ""]
     for row in bad.itertuples(index=False):
         print(f"unreadable: {row.path}: {row.error}", file=sys.stderr)

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from wbc.inputs import IMAGE_SUFFIXES, InputItem, collect_inputs, iter_images
-from wbc.predict import differential_count
+from wbc.predict import differential_count, predictions_csv
 from wbc.webapp.model import PageModel
 from wbc.webapp.uploads import SavedUpload
 
@@ -32,11 +32,6 @@ THUMB_SIZE = 96
 THUMB_QUALITY = 85
 #: Jobs kept for CSV downloads and thumbnails; older ones are deleted.
 KEEP_JOBS = 8
-
-
-def prediction_csv(frame: pd.DataFrame) -> str:
-    """The CSV text `wbc predict --out` writes for this frame (same columns and number format)."""
-    return frame.to_csv(index=False, float_format="%.6f", lineterminator="\n")
 
 
 def _finite(value: Any) -> Any:
@@ -70,7 +65,7 @@ class Job:
 
     def csv(self) -> str:
         """The predictions CSV (paths are the uploaded names)."""
-        return prediction_csv(self.frame)
+        return predictions_csv(self.frame)
 
     def notes(self) -> list[dict[str, str]]:
         """Uploads that gave no row (an archive without images), with the reason."""

@@ -2,12 +2,10 @@
 
 One thin layer over the project's prediction API, so the page calls exactly what `wbc predict`
 calls: `wbc.predictors.load_predictor` + `predict_files(predictor, paths, batch_size=...)` (any
-model kind of the result table), or, in a tree without `wbc.predictors`, the CNN checkpoint API
-`load_checkpoint` + `predict_files(model, meta, paths, batch_size=..., device=...)`.
+model kind of the result table).
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,13 +13,7 @@ from typing import Any
 import pandas as pd
 
 from wbc.predict import predict_files
-
-try:  # any model kind (CNN checkpoint or feature-based model)
-    from wbc.predictors import load_predictor
-except ImportError:  # CNN checkpoints only (predict_files(model, meta, ...))
-    load_predictor = None
-
-_PREDICTOR_API = "predictor" in inspect.signature(predict_files).parameters
+from wbc.predictors import load_predictor
 
 
 @dataclass
@@ -29,7 +21,7 @@ class PageModel:
     """A loaded model file: what the page shows about it and how it predicts."""
 
     path: Path
-    loaded: Any             # a wbc.predictors Predictor, or (model, meta) of a CNN checkpoint
+    loaded: Any             # a wbc.predictors Predictor
     meta: dict[str, Any]
     device: Any
 
@@ -45,18 +37,10 @@ class PageModel:
 
     def predict_files(self, paths: list[Path], batch_size: int = 32) -> pd.DataFrame:
         """`wbc.predict.predict_files` on `paths`, as `wbc predict` calls it."""
-        if _PREDICTOR_API:
-            return predict_files(self.loaded, paths, batch_size=batch_size)
-        model, meta = self.loaded
-        return predict_files(model, meta, paths, batch_size=batch_size, device=self.device)
+        return predict_files(self.loaded, paths, batch_size=batch_size)
 
 
 def load_page_model(path: Path, device: Any = "cpu") -> PageModel:
     """Load a model file (raises WbcError when it is missing or unreadable)."""
-    if load_predictor is not None:
-        predictor = load_predictor(path, device=device)
-        return PageModel(path, predictor, dict(predictor.meta), device)
-    from wbc.models import load_checkpoint
-
-    model, meta = load_checkpoint(path, device=device)
-    return PageModel(path, (model, meta), meta, device)
+    predictor = load_predictor(path, device=device)
+    return PageModel(path, predictor, dict(predictor.meta), device)
