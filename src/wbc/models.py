@@ -8,6 +8,8 @@
   network allows. Offline with no cached file: a `ConfigError` naming the file and both fixes.
 - `vit_b_16` works at any image size divisible by 16 (>= 32): built for that size; with
   pretrained weights the 224-px position embeddings are interpolated (bicubic) to the new grid.
+- `norm="group"`: GroupNorm in place of every BatchNorm2d (better across labs: no statistics of
+  the training lab's images are stored); the checkpoint's `params.norm` rebuilds it on load.
 - `save_checkpoint` / `load_checkpoint`: the docs/design.md checkpoint (plain tensors, strings,
   numbers, lists and dicts only, so `torch.load(..., weights_only=True)` reads it).
 """
@@ -45,6 +47,10 @@ MODEL_NAMES: tuple[str, ...] = (
 WEIGHTS_TAG = "IMAGENET1K_V1"
 #: Smallest input edge every architecture accepts (five stride-2 stages).
 MIN_IMAGE_SIZE = 32
+#: Normalisation layers (params `train.norm`): torchvision's BatchNorm, or GroupNorm in its place.
+NORMS = ("batch", "group")
+#: GroupNorm uses the largest of these group counts that divides the channel count.
+GROUPS = (32, 16, 8, 4, 2, 1)
 #: Keys every checkpoint holds (docs/design.md).
 CHECKPOINT_KEYS = ("model_name", "classes", "image_size", "mean", "std", "state_dict", "params",
                    "best_epoch", "val_macro_f1")
@@ -136,12 +142,52 @@ def _build_vit(num_classes: int, pretrained: bool, image_size: int) -> nn.Module
     return replace_head(model, num_classes)
 
 
-def build_model(name: str, num_classes: int, pretrained: bool = False, image_size: int = 224) -> nn.Module:
+def group_norm(bn: nn.Module) -> nn.Module:
+    """A GroupNorm over `bn`'s channels (groups: the largest of GROUPS dividing them), affine
+    parameters copied from `bn` (ImageNet weights keep their scale and shift)."""
+    from torch import nn
+    channels = bn.num_features
+    groups = next(g for g in GROUPS if channels % g == 0)
+    gn = nn.GroupNorm(groups, channels, eps=bn.eps, affine=bn.affine)
+    if bn.affine:
+        gn.weight.data.copy_(bn.weight.data)
+        gn.bias.data.copy_(bn.bias.data)
+    return gn
+
+
+def replace_batchnorm(model: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d of `model` by `group_norm` of it, in place (models without
+    BatchNorm, e.g. vgg16, convnext_tiny, vit_b_16, are unchanged)."""
+    from torch import nn
+    for qualname, module in list(model.named_modules()):
+        if isinstance(module, nn.BatchNorm2d):
+            parent_name, _, attr = qualname.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, attr, group_norm(module))
+    return model
+
+
+def check_norm(norm: str) -> str:
+    """Return `norm` if it is one of NORMS, else raise ConfigError."""
+    if norm not in NORMS:
+        raise ConfigError(f"train.norm must be one of {', '.join(NORMS)}; got {norm!r}")
+    return norm
+
+
+def build_model(name: str, num_classes: int, pretrained: bool = False, image_size: int = 224,
+                norm: str = "batch") -> nn.Module:
     """Build torchvision model `name` with a fresh `num_classes`-way head.
 
     `pretrained=True` loads torchvision's IMAGENET1K_V1 weights (everything but the new head).
+    `norm="group"` puts GroupNorm in place of every BatchNorm2d (`replace_batchnorm`).
     Raises ConfigError for unknown names, impossible sizes, or missing weights offline.
     """
+    model = _build(name, num_classes, pretrained, image_size)
+    return replace_batchnorm(model) if check_norm(norm) == "group" else model
+
+
+def _build(name: str, num_classes: int, pretrained: bool, image_size: int) -> nn.Module:
+    """`build_model` with torchvision's own normalisation layers."""
     import torchvision
     check_model_name(name)
     check_image_size(name, image_size)
@@ -198,8 +244,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
     if missing:
         raise WbcError(f"checkpoint {path} lacks {', '.join(missing)}")
+    norm = str((ckpt.get("params") or {}).get("norm") or "batch")
     model = build_model(ckpt["model_name"], len(ckpt["classes"]), pretrained=False,
-                        image_size=int(ckpt["image_size"]))
+                        image_size=int(ckpt["image_size"]), norm=norm)
     model.load_state_dict(ckpt["state_dict"])
     model.to(device).eval()
     meta = {k: v for k, v in ckpt.items() if k != "state_dict"}

@@ -40,8 +40,10 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from torch.utils.data import WeightedRandomSampler
 from tqdm import tqdm
 
+from wbc import distributed
+from wbc.augment import WIDE_SCALE, stain_augment
 from wbc.errors import ConfigError, WbcError
-from wbc.models import build_model, check_model_name, save_checkpoint
+from wbc.models import build_model, check_model_name, check_norm, save_checkpoint
 
 OPTIMIZERS = ("sgd", "adam")
 BALANCES = ("none", "sampler", "loss")
@@ -65,6 +67,8 @@ class TrainConfig:
     pretrained: bool = False
     balance: str = "none"
     augment: bool = True
+    stain_augment: bool = False     # wbc.augment: stain/colour/blur/JPEG/rot90, zoom widened to WIDE_SCALE
+    norm: str = "batch"             # batch | group (GroupNorm in place of BatchNorm, wbc.models)
     scale_min: float = 0.9
     scale_max: float = 1.1
     workers: int = 0
@@ -86,6 +90,7 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be > 0; got {self.lr!r}")
         if int(self.workers) < 0:
             raise ConfigError(f"train.workers must be >= 0; got {self.workers!r}")
+        check_norm(self.norm)
         if not 0 < float(self.scale_min) <= float(self.scale_max):
             raise ConfigError("train.scale_min/scale_max must satisfy 0 < scale_min <= scale_max")
 
@@ -335,6 +340,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda)
         self.aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.fill = mean_colour(self.mean)  # uint8 padding of the zoom-out augmentation
+        self.scale = WIDE_SCALE if cfg.stain_augment else (cfg.scale_min, cfg.scale_max)
 
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
         x = normalise(x.to(self.device, non_blocking=True), self.mean, self.std)
@@ -352,7 +358,9 @@ class Trainer:
                 break
             y = y.to(self.device, non_blocking=True)
             if self.cfg.augment:  # on the uint8 CPU batch: 4x less data to resize and to transfer
-                x = augment(x, self.aug_gen, (self.cfg.scale_min, self.cfg.scale_max), fill=self.fill)
+                x = augment(x, self.aug_gen, self.scale, fill=self.fill)
+            if self.cfg.stain_augment:  # same generator: seeded, deterministic
+                x = stain_augment(x, self.aug_gen)
             x = self._inputs(x)
             self.optimizer.zero_grad(set_to_none=True)
             with self._autocast():
@@ -393,7 +401,14 @@ class Trainer:
 
     def state_copy(self) -> dict[str, torch.Tensor]:
         """A CPU copy of the current weights."""
-        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        return {k: v.detach().to("cpu", copy=True) for k, v in distributed.unwrap(self.model).state_dict().items()}
+
+
+def input_params(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint must know to prepare inputs as the packed data was: the crop (`crop`,
+    `cell_fraction`, wbc.cellcrop) and the training set's Lab statistics (`lab_target`, wbc.stainnorm)."""
+    keys = ("crop", "cell_fraction", "lab_target")
+    return {k: meta[k] for k in keys if k in meta}
 
 
 def _open_live(log_dir: str | Path | None) -> Any:
@@ -439,18 +454,21 @@ def train_model(model_name: str, packed_dir: str | Path, cfg: TrainConfig, out: 
 def _train(model_name: str, cfg: TrainConfig, out: str | Path, log_dir: str | Path | None, meta: dict[str, Any], train_set: PackedSet, val_set: PackedSet) -> TrainResult:
     """The body of `train_model` (after validation and seeding)."""
     num_classes, image_size = len(meta["classes"]), int(meta["image_size"])
-    device = select_device(cfg.device)
-    model = build_model(model_name, num_classes, pretrained=cfg.pretrained, image_size=image_size)
+    ddp = distributed.env_from()  # torchrun: DistributedDataParallel (wbc.distributed); else a no-op
+    device = distributed.setup(ddp, select_device(cfg.device))
+    model = build_model(model_name, num_classes, pretrained=cfg.pretrained, image_size=image_size, norm=cfg.norm)
     trainer = Trainer(model, cfg, meta, train_set.labels, device)
+    trainer.model = distributed.wrap(trainer.model, ddp, device)
 
     gen = torch.Generator().manual_seed(cfg.seed)
     sampler = (balanced_sampler(train_set.labels, num_classes, gen) if cfg.balance == "sampler"
                else RandomSampler(train_set, generator=gen))
     pin = device.type == "cuda"
-    train_loader = make_loader(train_set, cfg.batch_size, sampler=sampler, workers=cfg.workers, pin_memory=pin)
+    train_loader = make_loader(train_set, cfg.batch_size, sampler=distributed.shard(sampler, ddp), workers=cfg.workers,
+                               pin_memory=pin)
     val_loader = make_loader(val_set, max(64, cfg.batch_size), workers=cfg.workers, pin_memory=pin)
 
-    live = _open_live(log_dir)
+    live = _open_live(distributed.main_only(ddp, log_dir))
     if live is not None:
         live.log_params({"model": model_name, **{k: v for k, v in cfg.to_dict().items() if v is not None}})
     history: list[dict[str, float]] = []
@@ -469,10 +487,16 @@ def _train(model_name: str, cfg: TrainConfig, out: str | Path, log_dir: str | Pa
                    f"val loss {va['loss']:.4f} acc {va['acc']:.3f} macro-F1 {va['macro_f1']:.3f}")
     if live is not None:
         live.end()
+    trainer.model = distributed.unwrap(trainer.model)
     trainer.model.load_state_dict(best_state)
     val_f1 = float(best_f1)
-    params = {"model": model_name, **{k: v for k, v in cfg.to_dict().items() if v is not None}}
-    path = save_checkpoint(out, trainer.model, model_name=model_name, classes=list(meta["classes"]),
-                           image_size=image_size, mean=meta["mean"], std=meta["std"], params=params,
-                           best_epoch=best_epoch, val_macro_f1=val_f1)
+    params = {"model": model_name, **{k: v for k, v in cfg.to_dict().items() if v is not None},
+              **input_params(meta)}
+    path = Path(out)
+    if ddp.is_main:  # one checkpoint, written by rank 0
+        path = save_checkpoint(out, trainer.model, model_name=model_name, classes=list(meta["classes"]),
+                               image_size=image_size, mean=meta["mean"], std=meta["std"], params=params,
+                               best_epoch=best_epoch, val_macro_f1=val_f1)
+    distributed.barrier(ddp)
+    distributed.teardown(ddp)
     return TrainResult(checkpoint=path, best_epoch=best_epoch, val_macro_f1=val_f1, history=history)

@@ -1,0 +1,152 @@
+"""Stain and colour augmentation of uint8 image batches (params `train.stain_augment`).
+
+Called by `wbc.train.Trainer` on the uint8 CPU batch after the flips and zoom of `wbc.train.augment`;
+every draw comes from the trainer's seeded CPU generator, so a seed gives the same images.
+`stain_augment(x, generator)` applies, per image:
+
+1. stain jitter in haematoxylin-eosin optical-density space (Ruifrok & Johnston 2001 colour
+   deconvolution): OD = -log((I + 1) / 256); concentrations C = OD M^-1 (rows of M: the H, E and
+   residual stain vectors); each of H and E scaled by U(1 - STAIN_SCALE, 1 + STAIN_SCALE) and
+   shifted by U(-STAIN_SHIFT, STAIN_SHIFT); back to RGB. The whole jitter is one 3x3 affine map of
+   OD per image (M^-1 diag(a) M, b M), so it costs one matrix product per pixel;
+2. brightness, contrast, saturation and hue (a rotation about the grey axis in YIQ space): one
+   3x3 affine map of RGB per image; then gamma;
+3. Gaussian blur (probability BLUR_P, sigma from BLUR_SIGMAS) and JPEG re-encoding (probability
+   JPEG_P, quality in JPEG_QUALITY);
+4. a random 90-degree rotation (k = 0..3).
+
+The wider zoom range that goes with it is `WIDE_SCALE` (used by the trainer's rescale).
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+#: Ruifrok & Johnston's haematoxylin, eosin and DAB optical-density vectors (rows, normalised).
+RJ_STAINS = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64)
+STAIN_SCALE, STAIN_SHIFT = 0.25, 0.05
+BRIGHTNESS, CONTRAST, SATURATION, HUE, GAMMA = 0.2, 0.2, 0.25, 0.05, 0.25
+BLUR_P, BLUR_SIGMAS = 0.3, (0.6, 1.2)
+JPEG_P, JPEG_QUALITY = 0.3, (40, 95)
+#: Zoom range used with stain augmentation (the default training range is 0.9-1.1).
+WIDE_SCALE = (0.7, 1.4)
+
+_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def stain_matrix() -> np.ndarray:
+    """The 3x3 stain matrix M (rows = unit OD vectors of H, E, and their cross product as residual)."""
+    h, e = (RJ_STAINS[i] / np.linalg.norm(RJ_STAINS[i]) for i in (0, 1))
+    r = np.cross(h, e)
+    return np.stack([h, e, r / np.linalg.norm(r)])
+
+
+def optical_density(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float OD -log((I + 1) / 256), same shape."""
+    return x.to(torch.float32).add_(1.0).log_().neg_().add_(float(np.log(256.0)))
+
+
+def concentrations(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> stain concentrations (B, 3, H, W): H, E, residual (C = OD M^-1)."""
+    inv = torch.as_tensor(np.linalg.inv(stain_matrix()), dtype=torch.float32)
+    return torch.einsum("bchw,cd->bdhw", optical_density(x), inv)
+
+
+def _uniform(gen: torch.Generator, shape: tuple[int, ...], low: float, high: float) -> torch.Tensor:
+    return torch.rand(shape, generator=gen, dtype=torch.float64) * (high - low) + low
+
+
+def _stain_maps(b: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image OD affine maps: (B, 3, 3) matrices A and (B, 3) offsets c with OD' = OD A + c."""
+    m = torch.as_tensor(stain_matrix())
+    scale = torch.ones(b, 3, dtype=torch.float64)
+    scale[:, :2] = _uniform(gen, (b, 2), 1 - STAIN_SCALE, 1 + STAIN_SCALE)
+    shift = torch.zeros(b, 3, dtype=torch.float64)
+    shift[:, :2] = _uniform(gen, (b, 2), -STAIN_SHIFT, STAIN_SHIFT)
+    a = torch.linalg.inv(m) @ torch.diag_embed(scale) @ m
+    return a.float(), (shift @ m).float()
+
+
+def _colour_maps(b: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image brightness x saturation x hue matrices (B, 3, 3), contrast factors (B,), gammas (B,)."""
+    yiq, iyiq = torch.as_tensor(_YIQ), torch.as_tensor(np.linalg.inv(_YIQ))
+    bright = _uniform(gen, (b,), 1 - BRIGHTNESS, 1 + BRIGHTNESS)
+    sat = _uniform(gen, (b,), 1 - SATURATION, 1 + SATURATION)
+    theta = _uniform(gen, (b,), -HUE, HUE) * 2 * np.pi
+    rot = torch.zeros(b, 3, 3, dtype=torch.float64)
+    rot[:, 0, 0] = 1.0
+    rot[:, 1, 1], rot[:, 1, 2] = sat * torch.cos(theta), -sat * torch.sin(theta)
+    rot[:, 2, 1], rot[:, 2, 2] = sat * torch.sin(theta), sat * torch.cos(theta)
+    mats = bright.view(b, 1, 1) * (iyiq @ rot @ yiq)  # column-vector convention: rgb' = M rgb
+    contrast = _uniform(gen, (b,), 1 - CONTRAST, 1 + CONTRAST)
+    gamma = torch.exp(_uniform(gen, (b,), -GAMMA, GAMMA))
+    return mats.float(), contrast.float(), gamma.float()
+
+
+def colour_jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Stain jitter, then brightness/saturation/hue, contrast and gamma: uint8 in, float 0..1 out.
+
+    Fused: with L = log(I + 1), the jittered intensity is exp(L A - c + log 256) - 1 (A, c the OD
+    affine map), and the colour map and contrast are one affine map of it (the contrast pivot, the
+    image's mean, is an affine function of its channel means), so the batch takes two batched matrix
+    products, one log and one exp.
+    """
+    b, _, h, w = x.shape
+    a, c = _stain_maps(b, gen)
+    mats, contrast, gamma = _colour_maps(b, gen)
+    log_i = x.reshape(b, 3, h * w).to(torch.float32).add_(1.0).log_()
+    shift = (float(np.log(256.0 / 255.0)) - c).unsqueeze(2)                   # (b, 3, 1)
+    e = torch.baddbmm(shift, a.transpose(1, 2), log_i).exp_()                    # (I' + 1) / 255
+    lin = contrast.view(b, 1, 1) * mats                                          # rgb' = lin e + off
+    e_mean = e.mean(dim=2, keepdim=True)                                         # (b, 3, 1)
+    grey = (mats @ (e_mean - 1.0 / 255.0)).mean(dim=1, keepdim=True)             # image mean after the map
+    off = (1.0 - contrast.view(b, 1, 1)) * grey - lin.sum(dim=2, keepdim=True) / 255.0
+    rgb = torch.baddbmm(off, lin, e).clamp_(0.0, 1.0).pow_(gamma.view(b, 1, 1))
+    return rgb.view(b, 3, h, w)
+
+
+def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur (OpenCV, reflected border) of one uint8 (3, H, W) image."""
+    hwc = np.ascontiguousarray(img.transpose(1, 2, 0))
+    return cv2.GaussianBlur(hwc, (0, 0), sigma).transpose(2, 0, 1)
+
+
+def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
+    """Re-encode one uint8 (3, H, W) image as JPEG at `quality` and decode it (OpenCV)."""
+    hwc = np.ascontiguousarray(img.transpose(1, 2, 0))
+    ok, buf = cv2.imencode(".jpg", hwc, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED).transpose(2, 0, 1) if ok else img
+
+
+def degrade(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Quantise a float 0..1 batch to uint8, then blur some images and JPEG-compress some."""
+    b = x.shape[0]
+    blur_pick = (torch.rand(b, generator=gen) < BLUR_P).tolist()
+    sigma = torch.randint(0, len(BLUR_SIGMAS), (b,), generator=gen).tolist()
+    jpeg_pick = (torch.rand(b, generator=gen) < JPEG_P).tolist()
+    quality = torch.randint(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1, (b,), generator=gen).tolist()
+    out = x.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    arr = out.numpy()
+    for i in range(b):
+        if blur_pick[i]:
+            arr[i] = _blur(arr[i], BLUR_SIGMAS[sigma[i]])
+        if jpeg_pick[i]:
+            arr[i] = _jpeg(arr[i], quality[i])
+    return out
+
+
+def rotate90(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Rotate each image of a (B, C, S, S) batch by k x 90 degrees, k uniform in 0..3 (in place)."""
+    ks = torch.randint(0, 4, (x.shape[0],), generator=gen).tolist()
+    for i, k in enumerate(ks):
+        if k:
+            x[i] = torch.rot90(x[i], k, dims=(1, 2))
+    return x
+
+
+def stain_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The whole augmentation of a uint8 (B, 3, S, S) CPU batch -> a new uint8 batch (see the module doc)."""
+    if x.shape[0] == 0:
+        return x.clone()
+    return rotate90(degrade(colour_jitter(x, gen), gen), gen)
