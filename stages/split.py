@@ -26,6 +26,7 @@ def main() -> int:
         mode=sp.get("mode", "stratified"), val=sp.get("val"), test=sp.get("test"), seed=sp.get("seed", 42),
         image_size=sp.get("image_size", 64), profile=params["data"]["profile"],
         dedup_params=dedup, workers=dedup.get("workers", 0),
+        crop=sp.get("crop", "centre"), cell_fraction=sp.get("cell_fraction", 0.6),
     )
     totals = ", ".join(f"{name} {n:,}" for name, n in summary["totals"].items())
     print(f"split: {summary['images']:,} images: {totals}; "

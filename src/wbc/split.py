@@ -11,8 +11,10 @@ Pipeline of this module (used by `stages/split.py` and `wbc split`):
    - `given`: each source's own split from the registry (`split: train|test|external`); val is
      carved (stratified) from the train part.
 3. `audit_leakage` re-checks every pair of images across sets with the dedup stage's test.
-4. `pack` writes `<set>_x.npy` (uint8 NCHW, centre square crop, bicubic resize) / `<set>_y.npy`
-   and `meta.json`, streaming into memory-mapped files.
+4. `pack` writes `<set>_x.npy` (uint8 NCHW, `wbc.cellcrop.crop_square`: the centre square or a
+   square centred on the white cell, `split.crop` / `split.cell_fraction`; bicubic resize) /
+   `<set>_y.npy` and `meta.json` (with the crop, the count of cell-crop fallbacks per set and the
+   training set's Lab statistics `lab_target` for `wbc.stainnorm`), streaming into memory-mapped files.
 5. `summarize`, `distribution_markdown`, `plot_distribution`, `plot_samples` write the reports.
 """
 from __future__ import annotations
@@ -31,7 +33,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from wbc import LABELS
+from wbc.cellcrop import CropSpec, crop_square
 from wbc.errors import ConfigError, WbcError
+from wbc.stainnorm import lab_target
 
 #: The sets made from `pool` sources, in order; external sets (source ids) follow.
 POOL_SETS = ("train", "val", "test")
@@ -298,45 +302,42 @@ def summarize_audit(pairs: pd.DataFrame, examples: int = 20) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 def square_resize(img: Image.Image, size: int) -> np.ndarray:
-    """Centre square crop, bicubic (antialiased) resize to size x size -> uint8 (3, S, S)."""
-    w, h = img.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    img = img.convert("RGB").crop((left, top, left + side, top + side))
-    if side != size:
-        img = img.resize((size, size), Image.Resampling.BICUBIC)
-    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+    """Centre square crop, bicubic (antialiased) resize to size x size -> uint8 (3, S, S)
+    (`wbc.cellcrop.crop_square` with the centre crop)."""
+    return crop_square(img, size)[0]
 
 
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(store_root: str, size: int) -> None:
+def _init_worker(store_root: str, size: int, crop: CropSpec = CropSpec()) -> None:
     from wbc.store import ImageStore
 
     _WORKER["store"] = ImageStore(store_root)
     _WORKER["size"] = size
+    _WORKER["crop"] = crop
 
 
-def _prepare(item: tuple[str, tuple[int, int, int]]) -> np.ndarray:
+def _prepare(item: tuple[str, tuple[int, int, int]]) -> tuple[np.ndarray, bool]:
+    """(uint8 (3, S, S) input, cell found) of one stored image (`wbc.cellcrop.crop_square`)."""
     from wbc.store import decode_image
 
     image_id, loc = item
     try:
-        return square_resize(decode_image(_WORKER["store"].read(*loc)), _WORKER["size"])
+        return crop_square(decode_image(_WORKER["store"].read(*loc)), _WORKER["size"], _WORKER["crop"])
     except WbcError as exc:
         raise WbcError(f"{image_id}: {exc}") from None
 
 
 def _prepared(items: list[tuple[str, tuple[int, int, int]]], store_root: str, size: int,
-              workers: int) -> Iterator[np.ndarray]:
-    """Decoded, cropped, resized images of (id, location) items, in order (parallel when workers > 1)."""
+              workers: int, crop: CropSpec = CropSpec()) -> Iterator[tuple[np.ndarray, bool]]:
+    """(input, cell found) of (id, location) items, in order (parallel when workers > 1)."""
     if workers <= 1 or len(items) < 64:
-        _init_worker(store_root, size)
+        _init_worker(store_root, size, crop)
         yield from map(_prepare, items)
         return
     with get_context("fork" if os.name == "posix" else "spawn").Pool(
-        workers, initializer=_init_worker, initargs=(store_root, size)
+        workers, initializer=_init_worker, initargs=(store_root, size, crop)
     ) as pool:
         yield from pool.imap(_prepare, items, chunksize=16)
 
@@ -349,11 +350,14 @@ def pack(
     image_size: int,
     *,
     workers: int | None = 0,
+    crop: CropSpec = CropSpec(),
 ) -> dict[str, Any]:
     """Write `<set>_x.npy` (uint8, N x 3 x S x S), `<set>_y.npy` (int64) and `meta.json`.
 
     Images are streamed into a memory-mapped `.npy` (never the whole set in RAM). Stale
-    `*_x.npy`/`*_y.npy` files of an earlier run are removed first. Returns the meta dict.
+    `*_x.npy`/`*_y.npy` files of an earlier run are removed first. Returns the meta dict, which
+    records the crop (`crop`, `cell_fraction`), per set the images whose cell was not found (centre
+    crop instead, `cell_fallback`) and the train set's Lab statistics (`lab_target`).
     """
     if int(image_size) < 8:
         raise ConfigError(f"split.image_size must be >= 8, got {image_size!r}")
@@ -367,32 +371,35 @@ def pack(
     locs = _locations(kept)
     frame = assignment.frame
     counts: dict[str, int] = {}
+    fallback: dict[str, int] = {}
     for name in assignment.sets:
         rows = frame[frame["split"] == name].sort_values("index")
-        counts[name] = _pack_set(rows, locs, str(store_root), out, name, size, workers)
+        counts[name], fallback[name] = _pack_set(rows, locs, str(store_root), out, name, size, workers, crop)
     external = [s for s in assignment.sets if s not in POOL_SETS]
     meta = {
         "classes": list(LABELS), "image_size": size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-        "sets": counts, "external": external,
+        "sets": counts, "external": external, **crop.to_dict(), "cell_fallback": fallback,
+        "lab_target": lab_target(np.load(out / "train_x.npy", mmap_mode="r")),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta
 
 
 def _pack_set(rows: pd.DataFrame, locs: Mapping[str, tuple[int, int, int]], store_root: str, out: Path, name: str, size: int,
-              workers: int) -> int:
-    """Pack one set; returns its image count."""
-    n = len(rows)
+              workers: int, crop: CropSpec = CropSpec()) -> tuple[int, int]:
+    """Pack one set; returns its image count and how many fell back to the centre crop."""
+    n, missed = len(rows), 0
     where = [(i, locs[i]) for i in rows["id"]]
     x = np.lib.format.open_memmap(out / f"{name}_x.npy", mode="w+", dtype=np.uint8, shape=(n, 3, size, size))
-    it = _prepared(where, store_root, size, workers)
-    for i, arr in enumerate(tqdm(it, total=n, desc=f"pack {name}", unit="img", disable=None)):
+    it = _prepared(where, store_root, size, workers, crop)
+    for i, (arr, found) in enumerate(tqdm(it, total=n, desc=f"pack {name}", unit="img", disable=None)):
         x[i] = arr
+        missed += not found
     x.flush()
     del x
     y = np.array([LABELS.index(lab) for lab in rows["label"]], dtype=np.int64)
     np.save(out / f"{name}_y.npy", y)
-    return n
+    return n, missed
 
 
 # --------------------------------------------------------------------------------------------
@@ -521,11 +528,15 @@ def run_split(
     dedup_params: Mapping[str, Any] | None = None,
     workers: int | None = 0,
     audit: Callable[..., pd.DataFrame] | None = None,
+    crop: str = "centre",
+    cell_fraction: float = 0.6,
 ) -> dict[str, Any]:
     """Split, audit, pack and report; returns the summary (also written to summary.json).
 
-    `val`/`test` None -> the profile's defaults (`wbc.sources.profile_split`).
+    `val`/`test` None -> the profile's defaults (`wbc.sources.profile_split`). `crop`/`cell_fraction`:
+    `wbc.cellcrop` (the summary's `crop` counts the images whose cell was not found, per set).
     """
+    spec = CropSpec(crop, cell_fraction)
     defaults = profile_split_defaults(profile) if val is None or test is None else {}
     val = defaults.get("val", DEFAULT_FRACTION) if val is None else val
     test = defaults.get("test", DEFAULT_FRACTION) if test is None else test
@@ -537,9 +548,10 @@ def run_split(
     splits_csv = Path(splits_csv)
     splits_csv.parent.mkdir(parents=True, exist_ok=True)
     assignment.frame.to_csv(splits_csv, index=False, lineterminator="\n")
-    pack(assignment, kept, store_root, packed_dir, image_size, workers=workers)
+    meta = pack(assignment, kept, store_root, packed_dir, image_size, workers=workers, crop=spec)
     summary = summarize(assignment, len(kept), summarize_audit(pairs))
     summary["image_size"] = int(image_size)
+    summary["crop"] = {**spec.to_dict(), "fallback": meta["cell_fallback"]}
     write_reports(summary, assignment, kept, store_root, reports_dir, seed=seed)
     return summary
 
