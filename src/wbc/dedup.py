@@ -39,6 +39,7 @@ import scipy.fft
 from PIL import Image
 from tqdm import tqdm
 
+from wbc import ann
 from wbc.errors import ConfigError
 
 #: Thumbnail side used for verification (pixels); the coarse screening pass uses half of it.
@@ -62,6 +63,9 @@ VERIFIED_DEFAULTS: dict[str, Any] = {
     "screen_threshold": 0.50,  # coarse (half-size) score below which a candidate is ruled out
 }
 PAPER_DEFAULTS: dict[str, Any] = {"ahash_threshold": 11, "phash_threshold": 14}
+#: Candidate search engine (both modes): "exact" (the blocked searches below, bit-for-bit the pipeline's
+#: default) or "faiss" (wbc.ann: multi-index hashing for the hash rule, a FAISS index for the k-NN).
+SEARCH_DEFAULTS: dict[str, Any] = {"search": "exact"}
 MODES = ("verified", "paper")
 #: scipy.fft threads of the verification (1 inside forked verification workers)
 _FFT_WORKERS = -1
@@ -632,30 +636,35 @@ class GroupResult:
 def _params(mode: str, params: dict[str, Any]) -> dict[str, Any]:
     if mode not in MODES:
         raise ConfigError(f"dedup mode {mode!r} is unknown; valid: {', '.join(MODES)}")
-    p = {**PAPER_DEFAULTS, **VERIFIED_DEFAULTS}
+    p = {**PAPER_DEFAULTS, **VERIFIED_DEFAULTS, **SEARCH_DEFAULTS}
     p.update({k: v for k, v in params.items() if v is not None and k in p})
+    ann.check_search(p["search"])
     return p
 
 
 def candidate_pairs(f: Features, mode: str, p: dict[str, Any], other: Features | None = None) -> pd.DataFrame:
     """Candidate pairs of the mode (within f, or f x other), byte-identical copies flagged `exact`:
     paper mode, the hash rule (AHash < ahash_threshold and PHash < phash_threshold); verified mode,
-    the `knn` nearest neighbours in the shift-robust embedding (both directions across two sets)."""
+    the `knn` nearest neighbours in the shift-robust embedding (both directions across two sets).
+    `p["search"]` picks the engine: "exact" (default) or "faiss" (`wbc.ann`, same pairs for the hash
+    rule, approximate k-NN)."""
+    indexed = p.get("search", "exact") == "faiss"
     if mode == "paper":
         for x in (f, other):
             if x is not None:
                 x.fill_paper(sharp=False)
         b_a, b_p = (None, None) if other is None else (other.ahash, other.phash)
-        i, j = hamming_pairs(f.ahash, int(p["ahash_threshold"]), b_a, a2=f.phash,
-                             below2=int(p["phash_threshold"]), b2=b_p)
+        search = functools.partial(ann.hamming_pairs_mih, workers=n_workers(f.workers)) if indexed else hamming_pairs
+        i, j = search(f.ahash, int(p["ahash_threshold"]), b_a, a2=f.phash, below2=int(p["phash_threshold"]), b2=b_p)
     else:
         f.require_verify()
+        knn = ann.knn_pairs_indexed if indexed else knn_pairs
         if other is None:
-            i, j = knn_pairs(standardise(f.embed), int(p["knn"]))
+            i, j = knn(standardise(f.embed), int(p["knn"]))
         else:
             other.require_verify()
             ref = np.concatenate([f.embed, other.embed])
-            i, j = knn_pairs(standardise(f.embed, ref), int(p["knn"]), standardise(other.embed, ref))
+            i, j = knn(standardise(f.embed, ref), int(p["knn"]), standardise(other.embed, ref))
     ei, ej = exact_pairs(f.sha256, None if other is None else other.sha256)
     cand = pd.DataFrame({"i": i, "j": j, "candidate": True})
     exact = pd.DataFrame({"i": ei, "j": ej, "exact": True})
