@@ -1,13 +1,15 @@
 """Stage `evaluate@<model>-<seed>` (and `evaluate_headline@<seed>`): one model file on the packed
 test set and every external set -> metrics.json, predictions and confusion matrices per set.
 
-dvc.yaml writes every path on the command line; params: evaluate.batch_size.
+dvc.yaml writes every path on the command line; params: evaluate.batch_size, evaluate.adapt
+(none | adabn), evaluate.stain_norm (none | reinhard), evaluate.external (folder sets, wbc.external).
 """
 from __future__ import annotations
 
 import argparse
 
 from wbc.evaluate import evaluate_predictor
+from wbc.external import parse_specs
 from wbc.params import load_params, run_stage
 from wbc.predictors import load_predictor
 from wbc.train import select_device
@@ -18,11 +20,13 @@ def main() -> int:
     for flag in ("--model-file", "--packed", "--features", "--out"):
         parser.add_argument(flag, required=True)
     args = parser.parse_args()
-    predictor = load_predictor(args.model_file, device=select_device("auto"))
-    batch_size = int(load_params().get("evaluate", {}).get("batch_size", 64))
-    result = evaluate_predictor(predictor, args.packed, args.out, features_dir=args.features, batch_size=batch_size)
+    ev = load_params().get("evaluate", {}) or {}
+    predictor = load_predictor(args.model_file, device=select_device("auto"),
+                               stain_norm=ev.get("stain_norm", "none"), adapt=ev.get("adapt", "none"))
+    result = evaluate_predictor(predictor, args.packed, args.out, features_dir=args.features,
+                                batch_size=int(ev.get("batch_size", 64)), external=parse_specs(ev.get("external")))
     scores = "; ".join(f"{s} accuracy {m['accuracy']}, macro-F1 {m['macro_f1']}"
-                       for s, m in result.items() if isinstance(m, dict))
+                       for s, m in result.items() if isinstance(m, dict) and "accuracy" in m)
     print(f"evaluate: {args.model_file} ({predictor.model_name}): {scores} -> {args.out}")
     return 0
 

@@ -197,7 +197,7 @@ def test_evaluate_predictor(tmp_path: Path, checkpoint: Path, constant_checkpoin
     # the constant model predicts lymphocyte (class 2) for every image
     y = np.load(packed / "test_y.npy")
     head = json.loads((out / "headline-1" / "metrics.json").read_text())
-    assert head == results["headline-1"] and head["model"] == ARCH and set(head) == {"model", "test", "ext"}
+    assert head == results["headline-1"] and head["model"] == ARCH and set(head) == {"model", "setting", "test", "ext"}
     assert head["test"]["accuracy"] == round(float(np.mean(y == 2)), 4)
     assert head["test"]["per_class"]["lymphocyte"]["sensitivity"] == 1.0
     assert head["test"]["per_class"]["basophil"]["sensitivity"] == 0.0

@@ -5,6 +5,12 @@ every image, and `<out_dir>/` receives `metrics.json` (`wbc.metrics.classificati
 set, plus the model name, its file and, for the feature-based model, the count of degenerate
 cells per set), `predictions_<set>.csv` and `confusion_<set>.png` (`wbc.report.write_set_outputs`).
 This is the `evaluate` stage of one (model, seed) instance and `wbc evaluate`.
+
+Generalization (issue 15): the sets declared in `evaluate.external` (`wbc.external`: any folder or
+zip of class folders, prepared with the model's own crop) are evaluated after the packed ones; with
+a predictor loaded with `adapt="adabn"` each set gets its own BatchNorm statistics, estimated on
+its own (unlabelled) inputs (`wbc.adapt`); `metrics.json` records the model's `setting` (crop, norm,
+stain augmentation, stain normalisation, adaptation) for the generalization report.
 """
 from __future__ import annotations
 
@@ -16,7 +22,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from wbc.errors import ConfigError
+from wbc.external import load_external
 from wbc.features import load_features
+from wbc.cellcrop import CropSpec
 from wbc.metrics import classification_metrics
 from wbc.predictors import Predictor
 from wbc.report import write_set_outputs
@@ -36,6 +44,19 @@ def check_compatible(meta: Mapping[str, Any], packed_meta: Mapping[str, Any], na
     if int(meta["image_size"]) != int(packed_meta["image_size"]):
         raise ConfigError(f"{name}: checkpoint image_size {meta['image_size']} differs from the packed "
                           f"data's {packed_meta['image_size']}; re-run the training stages")
+    trained = CropSpec.from_meta(meta.get("params"))
+    if "crop" in packed_meta and trained != CropSpec.from_meta(packed_meta):
+        raise ConfigError(f"{name}: checkpoint trained on {trained.to_dict()} crops, the packed data holds "
+                          f"{CropSpec.from_meta(packed_meta).to_dict()}; re-run the training stages")
+
+
+def _score(predictor: Predictor, x: np.ndarray, y: np.ndarray, classes: list[str], batch_size: int,
+           desc: str) -> dict[str, Any]:
+    """Metrics of one set (the predictor adapted to the set's own inputs first when asked); the
+    predictions ride along under `_pred`."""
+    model = predictor.adapted(x, batch_size=batch_size)
+    y_pred = model.predict(x, batch_size=batch_size, desc=desc).argmax(axis=1)
+    return {**classification_metrics(y, y_pred, classes), "_pred": y_pred}
 
 
 def degenerate_counts(features_dir: Path, set_name: str) -> dict[str, int]:
@@ -47,9 +68,10 @@ def degenerate_counts(features_dir: Path, set_name: str) -> dict[str, int]:
 
 def evaluate_predictor(predictor: Predictor, packed_dir: str | Path, out_dir: str | Path, *,
                        features_dir: str | Path | None = None, batch_size: int = 64,
-                       title: str = "") -> dict[str, Any]:
-    """Evaluate one model on every evaluation set; write `out_dir` (emptied first). Returns the
-    metrics dict ``{"model": name, "<set>": classification_metrics(...), ...}``."""
+                       title: str = "", external: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate one model on every evaluation set and every `external` folder set (`wbc.external.
+    parse_specs` output); write `out_dir` (emptied first). Returns the metrics dict
+    ``{"model": name, "setting": {...}, "<set>": classification_metrics(...), ...}``."""
     packed_dir, out_dir = Path(packed_dir), Path(out_dir)
     features_dir = Path(features_dir) if features_dir is not None else None
     packed_meta = read_meta(packed_dir)
@@ -60,15 +82,24 @@ def evaluate_predictor(predictor: Predictor, packed_dir: str | Path, out_dir: st
         shutil.rmtree(out_dir)
     classes = list(packed_meta["classes"])
     title = title or predictor.model_name
-    result: dict[str, Any] = {"model": predictor.model_name}
+    result: dict[str, Any] = {"model": predictor.model_name, "setting": predictor.setting()}
     for set_name in evaluation_sets(packed_meta):
         x = predictor.set_inputs(set_name, packed_dir, features_dir)
         y = np.load(packed_dir / f"{set_name}_y.npy")
-        y_pred = predictor.predict(x, batch_size=batch_size, desc=f"{title} {set_name}").argmax(axis=1)
-        metrics = classification_metrics(y, y_pred, classes)
+        metrics = _score(predictor, x, y, classes, batch_size, f"{title} {set_name}")
         if predictor.kind == "features":
             metrics["degenerate_cells"] = degenerate_counts(features_dir, set_name)
-        write_set_outputs(out_dir, set_name, y, y_pred, classes, metrics, title=f"{title}: {set_name} (n = {len(y)})")
+        write_set_outputs(out_dir, set_name, y, metrics.pop("_pred"), classes, metrics,
+                          title=f"{title}: {set_name} (n = {len(y)})")
+        result[set_name] = metrics
+    for set_name, spec in (external or {}).items():
+        before = predictor.fallbacks
+        ext = load_external(set_name, spec, predictor, classes)
+        metrics = _score(predictor, ext.x, ext.y, classes, batch_size, f"{title} {set_name}")
+        metrics["external_folder"] = {"path": str(spec["path"]), "skipped": ext.skipped,
+                                      "cell_crop_fallback": predictor.fallbacks - before}
+        write_set_outputs(out_dir, set_name, ext.y, metrics.pop("_pred"), classes, metrics,
+                          title=f"{title}: {set_name} (n = {len(ext.y)})")
         result[set_name] = metrics
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -2,7 +2,10 @@
 
 Two model kinds share the pipeline:
 - the torchvision CNNs (`wbc.models`): a torch checkpoint, fed uint8 (3, S, S) arrays (the packed
-  tensors, or an image squared and resized with `wbc.split.square_resize`);
+  tensors, or an image cropped and resized with `wbc.cellcrop.crop_square` as the checkpoint was
+  trained: its params' `crop` and `cell_fraction`); optionally colour-standardised (`stain_norm`,
+  `wbc.stainnorm.reinhard` to the training set's Lab target) and BatchNorm-adapted to a set of
+  images (`adapted`, AdaBN, `wbc.adapt`);
 - the feature-based method of Tavakoli et al. (`tavakoli_svm`, `wbc.tavakoli`): its own safe file
   format, fed the 51-feature vectors of `wbc.features` (the cached per-set feature files, or the
   features of one image computed from its original resolution).
@@ -27,7 +30,10 @@ from tqdm import tqdm
 
 from wbc import features as feats
 from wbc import tavakoli
-from wbc.errors import WbcError
+from wbc.adapt import ADAPTS, adabn
+from wbc.cellcrop import CropSpec, crop_square
+from wbc.errors import ConfigError, WbcError
+from wbc.stainnorm import STAIN_NORMS, reinhard
 from wbc.train import normalise
 
 
@@ -88,7 +94,32 @@ class CnnPredictor:
     model: Any
     meta: dict[str, Any]
     device: Any
+    stain_norm: str = "none"
+    adapt: str = "none"
     kind: str = field(default="cnn", init=False)
+    fallbacks: int = field(default=0, init=False)  # images `prepare` found no cell in (centre crop used)
+
+    def __post_init__(self) -> None:
+        if self.stain_norm not in STAIN_NORMS:
+            raise ConfigError(f"stain_norm must be one of {', '.join(STAIN_NORMS)}; got {self.stain_norm!r}")
+        if self.stain_norm == "reinhard" and "lab_target" not in self.params:
+            raise WbcError(f"{self.model_name}: the checkpoint has no Lab target (trained before stain "
+                           "normalisation existed): retrain it, or use stain_norm none")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.meta.get("params") or {})
+
+    @property
+    def crop(self) -> CropSpec:
+        """The crop the checkpoint was trained with (centre for older checkpoints)."""
+        return CropSpec.from_meta(self.params)
+
+    def setting(self) -> dict[str, Any]:
+        """What shapes this model's inputs and normalisation (the generalization report's columns)."""
+        p = self.params
+        return {**self.crop.to_dict(), "norm": p.get("norm", "batch"), "stain_augment": bool(p.get("stain_augment")),
+                "stain_norm": self.stain_norm, "adapt": self.adapt}
 
     @property
     def classes(self) -> list[str]:
@@ -99,15 +130,28 @@ class CnnPredictor:
         return str(self.meta["model_name"])
 
     def prepare(self, img: Image.Image) -> np.ndarray:
-        """uint8 (3, S, S): the image squared and resized as at training time."""
-        from wbc.split import square_resize
+        """uint8 (3, S, S): the image cropped (`wbc.cellcrop`) and resized as at training time."""
+        arr, found = crop_square(img, int(self.meta["image_size"]), self.crop)
+        self.fallbacks += not found
+        return arr
 
-        return square_resize(img, int(self.meta["image_size"]))
+    def standardise(self, batch: np.ndarray) -> np.ndarray:
+        """The inputs colour-standardised as `stain_norm` says (unchanged for none)."""
+        return reinhard(batch, self.params["lab_target"]) if self.stain_norm == "reinhard" else batch
 
     def predict(self, batch: np.ndarray, batch_size: int = 64, desc: str = "") -> np.ndarray:
         """Softmax probabilities (n, classes) of uint8 (n, 3, S, S) inputs."""
-        return predict_array(self.model, batch, self.meta["mean"], self.meta["std"], batch_size=batch_size,
-                             device=self.device, desc=desc or self.model_name)
+        return predict_array(self.model, self.standardise(batch), self.meta["mean"], self.meta["std"],
+                             batch_size=batch_size, device=self.device, desc=desc or self.model_name)
+
+    def adapted(self, x: np.ndarray, batch_size: int = 64) -> "CnnPredictor":
+        """This model with its BatchNorm statistics re-estimated on the inputs `x` (AdaBN), or itself
+        when `adapt` is none."""
+        if self.adapt == "none":
+            return self
+        model = adabn(self.model, self.standardise(x), self.meta["mean"], self.meta["std"],
+                      batch_size=batch_size, device=self.device)
+        return CnnPredictor(model, self.meta, self.device, self.stain_norm, self.adapt)
 
     def set_inputs(self, set_name: str, packed_dir: Path, features_dir: Path | None) -> np.ndarray:
         """The packed uint8 tensors of one set (memory-mapped)."""
@@ -124,6 +168,15 @@ class FeaturePredictor:
 
     svm: Any
     kind: str = field(default="features", init=False)
+    fallbacks: int = field(default=0, init=False)  # never: features come from the whole image
+
+    def setting(self) -> dict[str, Any]:
+        """The feature model's inputs: the original image; no crop, colour or BatchNorm lever applies."""
+        return {"crop": "original image", "norm": "n/a", "stain_augment": False, "stain_norm": "none", "adapt": "none"}
+
+    def adapted(self, x: np.ndarray, batch_size: int = 64) -> "FeaturePredictor":
+        """No BatchNorm to adapt: itself."""
+        return self
 
     @property
     def classes(self) -> list[str]:
@@ -161,8 +214,13 @@ class FeaturePredictor:
 Predictor = CnnPredictor | FeaturePredictor
 
 
-def load_predictor(path: str | Path, device: Any = "cpu") -> Predictor:
-    """Load a model file of either kind (a CNN checkpoint or a `tavakoli_svm` model)."""
+def load_predictor(path: str | Path, device: Any = "cpu", *, stain_norm: str = "none",
+                   adapt: str = "none") -> Predictor:
+    """Load a model file of either kind (a CNN checkpoint or a `tavakoli_svm` model).
+
+    `stain_norm` (none | reinhard) and `adapt` (none | adabn) apply to CNNs only."""
+    if adapt not in ADAPTS:
+        raise ConfigError(f"adapt must be one of {', '.join(ADAPTS)}; got {adapt!r}")
     path = Path(path)
     if not path.is_file():
         raise WbcError(f"model file not found: {path}")
@@ -170,5 +228,5 @@ def load_predictor(path: str | Path, device: Any = "cpu") -> Predictor:
         from wbc.models import load_checkpoint
 
         model, meta = load_checkpoint(path, device=device)
-        return CnnPredictor(model, meta, device)
+        return CnnPredictor(model, meta, device, stain_norm, adapt)
     return FeaturePredictor(tavakoli.TavakoliSVM.load(path))

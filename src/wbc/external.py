@@ -1,0 +1,82 @@
+"""External test sets declared in the params: any lab's folder (or zip) of class folders.
+
+A lab evaluates a trained model on its own images through the pipeline by declaring them in
+`params.yaml` (`evaluate.external`), one entry per set:
+
+    evaluate:
+      external:
+        mylab:
+          path: /abs/path/to/folder_or.zip     # <anything>/<class folder>/<image>
+          classes: {baso: basophil, eos: eosinophil}   # optional: folder name -> label
+
+Without `classes`, class folders named like the labels (basophil, ...) are used as they are.
+`load_external(spec, predictor)` reads the images (`wbc.inputs`: archive limits, decompression-bomb
+guard), prepares each with the model's own `prepare` (the CNN's crop as it was trained,
+`wbc.cellcrop`; the feature model's features) and returns the inputs and labels; images in other
+folders, and unreadable ones, are counted, not fatal.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from tqdm import tqdm
+
+from wbc.errors import ConfigError
+from wbc.inputs import InputLimits, collect_inputs, iter_images
+
+
+@dataclass
+class ExternalSet:
+    """A prepared external set: model inputs `x`, label indices `y`, and what was left out."""
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
+
+
+def parse_specs(section: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Validate the params `evaluate.external` mapping -> {name: {"path": Path, "classes": {...}}}."""
+    specs = {}
+    for name, spec in (section or {}).items():
+        if not isinstance(spec, Mapping) or not spec.get("path"):
+            raise ConfigError(f"evaluate.external.{name}: needs a `path` (folder or zip of class folders)")
+        if name in ("train", "val", "test"):
+            raise ConfigError(f"evaluate.external.{name}: the name clashes with a packed set")
+        specs[str(name)] = {"path": Path(spec["path"]), "classes": dict(spec.get("classes") or {})}
+    return specs
+
+
+def class_folder(item_name: str) -> str:
+    """The class folder of an input (the image's parent folder name, inside a zip or on disk)."""
+    parts = item_name.replace("\\", "/").rsplit(":", 1)[-1].split("/")
+    return parts[-2] if len(parts) >= 2 else ""
+
+
+def load_external(name: str, spec: Mapping[str, Any], predictor: Any, classes: list[str],
+                  limits: InputLimits | None = None) -> ExternalSet:
+    """Read and prepare one declared external set with `predictor.prepare`."""
+    path = Path(spec["path"])
+    if not path.exists():
+        raise ConfigError(f"evaluate.external.{name}: {path} not found")
+    mapping = dict(spec.get("classes") or {}) or {c: c for c in classes}
+    bad = sorted(set(mapping.values()) - set(classes))
+    if bad:
+        raise ConfigError(f"evaluate.external.{name}: unknown label(s) {bad}; valid: {classes}")
+    items = [it for it in collect_inputs([path], limits)]
+    xs, ys, skipped = [], [], {}
+    for item, image, error in tqdm(iter_images(items, limits), total=len(items), desc=f"read {name}",
+                                   unit="img", disable=None):
+        folder = class_folder(item.name)
+        reason = error and "unreadable" or ("" if folder in mapping else "other folder")
+        if reason:
+            skipped[reason] = skipped.get(reason, 0) + 1
+            continue
+        xs.append(predictor.prepare(image))
+        ys.append(classes.index(mapping[folder]))
+    if not xs:
+        raise ConfigError(f"evaluate.external.{name}: no image in class folders {sorted(mapping)} under {path}")
+    return ExternalSet(name, np.stack(xs), np.asarray(ys, dtype=np.int64), skipped)
