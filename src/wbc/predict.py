@@ -31,12 +31,18 @@ def predict_files(
     *,
     batch_size: int = 32,
     limits: InputLimits | Mapping[str, Any] | None = None,
+    adapt: bool = False,
 ) -> pd.DataFrame:
     """Predict every image under `paths` -> one row per input, in `collect_inputs` order.
 
     Columns: `path`, `label`, `confidence`, `p_<class>` per model class, `error` (empty when the
-    image was read; otherwise label/confidence/probabilities are empty).
+    image was read; otherwise label/confidence/probabilities are empty). `adapt`: every image is
+    prepared first and the model adapted to them (`predictor.adapted`, AdaBN for a CNN loaded with
+    adapt="adabn"), then predicted. `frame.attrs["cell_crop_fallback"]`: images whose cell the
+    cell crop did not find (centre crop used).
     """
+    if adapt:
+        return _predict_adapted(predictor, paths, batch_size, limits)
     classes = predictor.classes
     items = collect_inputs(paths, limits)
     probs = np.full((len(items), len(classes)), np.nan, dtype=np.float64)
@@ -57,7 +63,26 @@ def predict_files(
         if len(pending) >= batch_size:
             flush()
     flush()
-    return _prediction_frame(items, probs, errors, classes)
+    return _prediction_frame(items, probs, errors, classes, predictor.fallbacks)
+
+
+def _predict_adapted(predictor: Predictor, paths: Sequence[str | Path], batch_size: int,
+                     limits: InputLimits | Mapping[str, Any] | None) -> pd.DataFrame:
+    """`predict_files` with the model adapted to all the images read (two passes: prepare, predict)."""
+    items = collect_inputs(paths, limits)
+    probs = np.full((len(items), len(predictor.classes)), np.nan, dtype=np.float64)
+    errors, done, inputs = [""] * len(items), [], []
+    for i, (_item, image, err) in enumerate(tqdm(iter_images(items, limits), total=len(items), desc="read",
+                                                 unit="img", disable=None)):
+        if image is None:
+            errors[i] = err
+        else:
+            done.append(i)
+            inputs.append(predictor.prepare(image))
+    if inputs:
+        x = np.stack(inputs)
+        probs[done] = predictor.adapted(x, batch_size=batch_size).predict(x, batch_size=batch_size)
+    return _prediction_frame(items, probs, errors, predictor.classes, predictor.fallbacks)
 
 
 def predictions_csv(frame: pd.DataFrame) -> str:
@@ -65,7 +90,8 @@ def predictions_csv(frame: pd.DataFrame) -> str:
     return frame.to_csv(index=False, float_format="%.6f", lineterminator="\n")
 
 
-def _prediction_frame(items: Sequence[InputItem], probs: np.ndarray, errors: list[str], classes: list[str]) -> pd.DataFrame:
+def _prediction_frame(items: Sequence[InputItem], probs: np.ndarray, errors: list[str], classes: list[str],
+                      fallbacks: int = 0) -> pd.DataFrame:
     ok = np.array([not e for e in errors], dtype=bool)
     best = np.where(ok, np.nan_to_num(probs, nan=-1.0).argmax(axis=1), -1)
     frame = pd.DataFrame({
@@ -76,6 +102,7 @@ def _prediction_frame(items: Sequence[InputItem], probs: np.ndarray, errors: lis
     for j, cls in enumerate(classes):
         frame[f"p_{cls}"] = probs[:, j]
     frame["error"] = errors
+    frame.attrs["cell_crop_fallback"] = int(fallbacks)
     return frame
 
 

@@ -18,6 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output CSV (default: %(default)s): path, label, confidence, p_<class>..., error")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, ...")
+    parser.add_argument("--adapt", action="store_true",
+                        help="AdaBN: re-estimate the CNN's BatchNorm statistics on the images given before predicting "
+                             "(use a few dozen images or more of one lab)")
+    parser.add_argument("--stain-norm", choices=("none", "reinhard"), default="none",
+                        help="reinhard: map each image's Lab statistics to the training set's (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,8 +35,10 @@ def run(args: argparse.Namespace) -> int:
     from wbc.predictors import load_predictor
     from wbc.train import select_device
 
-    predictor = load_predictor(args.model, device=select_device(args.device))
-    frame = predict_files(predictor, args.paths, batch_size=args.batch_size, limits=InputLimits.from_params())
+    predictor = load_predictor(args.model, device=select_device(args.device), stain_norm=args.stain_norm,
+                               adapt="adabn" if args.adapt else "none")
+    frame = predict_files(predictor, args.paths, batch_size=args.batch_size, limits=InputLimits.from_params(),
+                          adapt=args.adapt)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(predictions_csv(frame), encoding="utf-8")
@@ -40,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"unreadable: {row.path}: {row.error}", file=sys.stderr)
     read = len(frame) - len(bad)
     print(f"{read} image(s) predicted, {len(bad)} unreadable (listed in the `error` column) -> {out}")
+    if getattr(predictor, "crop", None) is not None and predictor.crop.mode == "cell":
+        print(f"cell crop: no cell found in {frame.attrs['cell_crop_fallback']} image(s): centre crop used")
     if read == 0:
         print("wbc predict: error: no image could be read", file=sys.stderr)
         return 1
