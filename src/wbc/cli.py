@@ -20,6 +20,7 @@ COMMANDS = {
     "predict": "predict",
     "segment": "segment",
     "serve": "serve",
+    "generalization": "generalization",
 }
 
 

@@ -1,0 +1,293 @@
+"""Issue 15, models that survive another lab: cell-centred crops (wbc.cellcrop), stain augmentation
+(wbc.augment), GroupNorm (wbc.models), AdaBN (wbc.adapt), Reinhard (wbc.stainnorm), external folder
+sets (wbc.external, the evaluate stage) and the report (wbc.generalization)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from torch import nn
+
+from wbc import LABELS
+from wbc.adapt import adabn, batchnorm_layers
+from wbc.augment import concentrations, stain_augment
+from wbc.cellcrop import CropSpec, cell_box, crop_square
+from wbc.cli import main
+from wbc.evaluate import evaluate_predictor
+from wbc.external import class_folder, parse_specs
+from wbc.generalization import collect, setting_label, write_report
+from wbc.models import build_model, load_checkpoint, save_checkpoint
+from wbc.predict import predict_files
+from wbc.predictors import load_predictor
+from wbc.segment import segment
+from wbc.split import IMAGENET_MEAN, IMAGENET_STD
+from wbc.stainnorm import lab_stats, lab_target, reinhard
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 32
+
+
+def draw_cell(side: int, radius: float, centre: tuple[float, float]) -> np.ndarray:
+    """A smear-like RGB image: pale background, a lilac cytoplasm disc, a dark purple nucleus."""
+    img = np.full((side, side, 3), (235, 215, 205), np.uint8)
+    c = (int(round(centre[0])), int(round(centre[1])))
+    cv2.circle(img, c, int(round(radius)), (205, 180, 225), -1)
+    cv2.circle(img, c, int(round(radius * 0.7)), (95, 40, 140), -1)
+    return img
+
+
+def nucleus_fraction(chw: np.ndarray) -> float:
+    """The nucleus' width (dark pixels' extent) as a fraction of the crop side."""
+    dark = chw[0] < 150
+    cols = np.flatnonzero(dark.any(axis=0))
+    return (cols[-1] - cols[0] + 1) / chw.shape[-1]
+
+
+# ----------------------------------------------------------------------------- cell crop
+
+def test_cell_crop_gives_the_same_cell_fraction_at_two_scales() -> None:
+    small = Image.fromarray(draw_cell(360, 40, (150, 200)))   # PBC-like: cell ~1/4 of the field
+    large = Image.fromarray(draw_cell(224, 95, (112, 118)))   # cropped tight: cell fills the frame
+    spec = CropSpec("cell", 0.6)
+    (a, found_a), (b, found_b) = crop_square(small, 64, spec), crop_square(large, 64, spec)
+    assert found_a and found_b and a.shape == b.shape == (3, 64, 64) and a.dtype == np.uint8
+    assert abs(nucleus_fraction(a) - nucleus_fraction(b)) < 0.05
+    centre_a, _ = crop_square(small, 64)
+    assert abs(nucleus_fraction(centre_a) - nucleus_fraction(b)) > 0.15  # the centre crop does not
+
+
+def test_cell_crop_falls_back_to_the_centre_and_says_so() -> None:
+    blank = Image.new("RGB", (50, 40), (230, 230, 230))
+    arr, found = crop_square(blank, 16, CropSpec("cell", 0.6))
+    assert not found and np.array_equal(arr, crop_square(blank, 16)[0])
+    with pytest.raises(Exception):
+        CropSpec("corner")
+
+
+# ----------------------------------------------------------------------------- stain augmentation
+
+def test_stain_augment_keeps_uint8_is_seeded_and_moves_stain_concentrations() -> None:
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(np.stack([draw_cell(48, 14, (24, 24)).transpose(2, 0, 1)] * 6))
+    x = (x.int() + torch.from_numpy(rng.integers(-5, 6, x.shape))).clamp(0, 255).to(torch.uint8)
+    a = stain_augment(x, torch.Generator().manual_seed(7))
+    b = stain_augment(x, torch.Generator().manual_seed(7))
+    c = stain_augment(x, torch.Generator().manual_seed(8))
+    assert a.dtype == torch.uint8 and a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
+    he_in = concentrations(x)[:, :2].mean(dim=(2, 3))
+    he_out = concentrations(a)[:, :2].mean(dim=(2, 3))
+    assert (he_out - he_in).abs().max() > 0.02   # H and E concentrations changed
+
+
+def test_training_with_stain_augment_and_group_norm_round_trips(tmp_path: Path) -> None:
+    from wbc.train import TrainConfig, train_model
+
+    packed = _packed(tmp_path / "packed", {"train": 10, "val": 5, "test": 5})
+    cfg = TrainConfig(seed=1, epochs=1, batch_size=5, stain_augment=True, norm="group", threads=1, device="cpu")
+    res = train_model("resnet18", packed, cfg, tmp_path / "m.ckpt")
+    model, meta = load_checkpoint(res.checkpoint)
+    assert meta["params"]["norm"] == "group" and meta["params"]["stain_augment"] is True
+    assert meta["params"]["crop"] == "cell" and "lab_target" in meta["params"]
+    assert not batchnorm_layers(model) and any(isinstance(m, nn.GroupNorm) for m in model.modules())
+
+
+# ----------------------------------------------------------------------------- GroupNorm
+
+def test_group_norm_model_trains_a_step_and_round_trips(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model("resnet18", 5, image_size=SIZE, norm="group")
+    assert not batchnorm_layers(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(4, 3, SIZE, SIZE), torch.tensor([0, 1, 2, 3])
+    before = model.fc.weight.detach().clone()
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    assert not torch.equal(before, model.fc.weight)
+    path = save_checkpoint(tmp_path / "g.ckpt", model, model_name="resnet18", classes=list(LABELS), image_size=SIZE,
+                           mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), params={"norm": "group"},
+                           best_epoch=1, val_macro_f1=0.0)
+    loaded, _ = load_checkpoint(path)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(x), loaded(x), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- AdaBN
+
+def test_adabn_sets_the_target_statistics_and_keeps_the_weights() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 5)).eval()
+    old_stats = model[1].running_mean.clone()
+    x = np.random.default_rng(0).integers(100, 256, (40, 3, 16, 16), dtype=np.uint8)  # a brighter "lab"
+    adapted = adabn(model, x, IMAGENET_MEAN, IMAGENET_STD, batch_size=8)
+    from wbc.train import normalise
+    with torch.no_grad():
+        feats = model[0](normalise(torch.from_numpy(x), torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)))
+    assert torch.allclose(adapted[1].running_mean, feats.mean(dim=(0, 2, 3)), atol=1e-4)
+    assert torch.allclose(adapted[1].running_var, feats.var(dim=(0, 2, 3)), rtol=0.05)
+    assert torch.equal(model[1].running_mean, old_stats)  # the original is untouched
+    for (name, p), q in zip(model.named_parameters(), adapted.parameters()):
+        assert torch.equal(p, q), name
+    assert not adapted.training
+
+
+# ----------------------------------------------------------------------------- Reinhard
+
+def test_reinhard_maps_lab_means_and_stds_to_the_target() -> None:
+    rng = np.random.default_rng(1)
+    source = np.clip(rng.normal((150, 110, 170), 25, (2, 32, 32, 3)), 0, 255).astype(np.uint8).transpose(0, 3, 1, 2)
+    ref = np.clip(rng.normal((200, 160, 150), 18, (3, 32, 32, 3)), 0, 255).astype(np.uint8).transpose(0, 3, 1, 2)
+    target = lab_target(ref)
+    out = reinhard(source, target)
+    assert out.dtype == np.uint8 and out.shape == source.shape
+    for img in out:
+        mean, std = lab_stats(img)
+        np.testing.assert_allclose(mean, target["mean"], atol=1.0)
+        np.testing.assert_allclose(std, target["std"], rtol=0.08, atol=0.5)
+
+
+# ----------------------------------------------------------------------------- external sets, evaluate, predict
+
+def _packed(root: Path, sets: dict[str, int]) -> Path:
+    """A packed folder of cell images (labels cycle through the classes), cell crop recorded."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, n in sets.items():
+        x = np.stack([crop_square(Image.fromarray(draw_cell(64, 12 + i % 5, (32, 30))), SIZE, CropSpec("cell"))[0]
+                      for i in range(n)])
+        x = np.clip(x.astype(int) + rng.integers(-8, 9, x.shape), 0, 255).astype(np.uint8)
+        np.save(root / f"{name}_x.npy", x)
+        np.save(root / f"{name}_y.npy", np.arange(n, dtype=np.int64) % len(LABELS))
+    meta = {"classes": list(LABELS), "image_size": SIZE, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            "sets": sets, "external": [], "crop": "cell", "cell_fraction": 0.6,
+            "lab_target": lab_target(np.load(root / "train_x.npy"))}
+    (root / "meta.json").write_text(json.dumps(meta))
+    return root
+
+
+def _checkpoint(path: Path, packed: Path) -> Path:
+    torch.manual_seed(0)
+    meta = json.loads((packed / "meta.json").read_text())
+    params = {"norm": "batch", "crop": "cell", "cell_fraction": 0.6, "lab_target": meta["lab_target"]}
+    return save_checkpoint(path, build_model("resnet18", 5, image_size=SIZE), model_name="resnet18",
+                           classes=list(LABELS), image_size=SIZE, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
+                           params=params, best_epoch=1, val_macro_f1=0.0)
+
+
+def _lab_zip(path: Path) -> Path:
+    """Another lab's zip: folders named by the lab (mapped in the params), one blank image."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for i in range(10):
+            buf = io.BytesIO()
+            Image.fromarray(draw_cell(100, 30 + i, (50, 48))).save(buf, format="PNG")
+            zf.writestr(f"cells/{['baso', 'lym'][i % 2]}/c{i}.png", buf.getvalue())
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 40), (200, 200, 200)).save(buf, format="PNG")
+        zf.writestr("cells/lym/blank.png", buf.getvalue())
+        zf.writestr("cells/other/x.png", buf.getvalue())
+    return path
+
+
+def test_external_folder_set_declared_in_params_is_packed_and_evaluated(tmp_path: Path) -> None:
+    packed = _packed(tmp_path / "data" / "packed", {"train": 10, "val": 5, "test": 5})
+    ckpt = _checkpoint(tmp_path / "models" / "m.ckpt", packed)
+    lab = _lab_zip(tmp_path / "lab.zip")
+    params = {"evaluate": {"batch_size": 8, "adapt": "adabn", "stain_norm": "reinhard",
+                           "external": {"mylab": {"path": str(lab), "classes": {"baso": "basophil", "lym": "lymphocyte"}}}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    subprocess.run([sys.executable, str(ROOT / "stages" / "evaluate.py"), "--model-file", str(ckpt), "--packed",
+                    str(packed), "--features", str(tmp_path / "none"), "--out", str(tmp_path / "ev")],
+                   cwd=tmp_path, check=True, env=env, capture_output=True)
+    res = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert res["mylab"]["n"] == 11 and res["test"]["n"] == 5
+    assert res["mylab"]["external_folder"]["skipped"] == {"other folder": 1}
+    assert res["mylab"]["external_folder"]["cell_crop_fallback"] == 1   # the blank image
+    assert res["setting"] == {"crop": "cell", "cell_fraction": 0.6, "norm": "batch", "stain_augment": False,
+                              "stain_norm": "reinhard", "adapt": "adabn"}
+    assert (tmp_path / "ev" / "predictions_mylab.csv").is_file()
+    assert class_folder("a.zip:cells/lym/x.png") == "lym" and class_folder("/d/eos/y.png") == "eos"
+    frame = write_report({"adapted": tmp_path / "ev"}, tmp_path / "gen.md", tmp_path / "gen.png")
+    assert set(frame["set"]) == {"test", "mylab"} and (tmp_path / "gen.png").is_file()
+    assert "| resnet18 | adapted |" in (tmp_path / "gen.md").read_text()
+
+
+def test_evaluate_refuses_a_checkpoint_of_another_crop(tmp_path: Path) -> None:
+    packed = _packed(tmp_path / "packed", {"train": 5, "val": 5, "test": 5})
+    meta = json.loads((packed / "meta.json").read_text())
+    (packed / "meta.json").write_text(json.dumps({**meta, "crop": "centre"}))
+    with pytest.raises(Exception, match="crop"):
+        evaluate_predictor(load_predictor(_checkpoint(tmp_path / "m.ckpt", packed)), packed, tmp_path / "ev")
+
+
+def test_predict_uses_the_checkpoint_crop_adapts_and_counts_fallbacks(tmp_path: Path) -> None:
+    packed = _packed(tmp_path / "packed", {"train": 5, "val": 5, "test": 5})
+    ckpt = _checkpoint(tmp_path / "m.ckpt", packed)
+    lab = _lab_zip(tmp_path / "lab.zip")
+    frame = predict_files(load_predictor(ckpt, adapt="adabn", stain_norm="reinhard"), [lab], adapt=True)
+    assert len(frame) == 12 and (frame["error"] == "").all() and frame.attrs["cell_crop_fallback"] == 2
+    plain = predict_files(load_predictor(ckpt), [lab])
+    assert not np.allclose(frame["p_basophil"], plain["p_basophil"])   # adaptation + Reinhard changed the inputs
+    assert main(["predict", str(lab), "--model", str(ckpt), "--adapt", "--out", str(tmp_path / "p.csv")]) == 0
+
+
+def test_setting_labels() -> None:
+    assert setting_label({"crop": "centre", "norm": "batch", "stain_augment": False}) == "baseline"
+    label = setting_label({"crop": "cell", "cell_fraction": 0.6, "norm": "group", "adapt": "adabn"})
+    assert label == "crop=cell 0.6 + norm=group + adapt=adabn"
+    assert setting_label({"crop": "original image", "norm": "n/a"}) == "baseline"
+    assert collect([]).empty
+
+
+# ----------------------------------------------------------------------------- real images
+
+def _sample(zip_path: Path, folder_of, per_class: int) -> list[tuple[str, Image.Image]]:
+    with zipfile.ZipFile(zip_path) as zf:
+        names = sorted(n for n in zf.namelist() if n.lower().endswith((".jpg", ".png")) and "/." not in n)
+        picks = []
+        for label in LABELS:
+            members = [n for n in names if folder_of(n) == label]
+            picks += random.Random(0).sample(members, per_class)
+        return [(n, Image.open(io.BytesIO(zf.read(n))).convert("RGB")) for n in picks]
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("which", ["pbc", "lisc"])
+def test_cell_crop_finds_the_cell_in_real_images(which: str, pbc_zip: Path, shared_dir: Path) -> None:
+    if which == "pbc":
+        images = _sample(pbc_zip, lambda n: n.split("/")[-2], 8)
+    else:
+        lisc = shared_dir / "data" / "external" / "lisc" / "LISC_crops.zip"
+        if not lisc.is_file():
+            pytest.skip(f"{lisc} missing")
+        images = _sample(lisc, lambda n: n.split("/")[0], 8)
+    spec, found, fractions = CropSpec("cell", 0.6), 0, []
+    for name, img in images:
+        arr, ok = crop_square(img, 128, spec)
+        found += ok
+        if not ok:
+            continue
+        crop = np.ascontiguousarray(arr.transpose(1, 2, 0))
+        seg = segment(crop)
+        assert seg.found, name
+        ys, xs = np.nonzero(seg.nucleus)
+        # the nucleus is inside the crop, around its centre
+        assert abs(xs.mean() - 64) < 32 and abs(ys.mean() - 64) < 32, name
+        box = cell_box(crop)
+        if box is not None:
+            fractions.append(box[2] / 128)
+    assert found >= 0.9 * len(images)
+    assert abs(float(np.median(fractions)) - 0.6) < 0.1, fractions
