@@ -6,8 +6,15 @@
    rescale 0.9-1.1, ToDtype/Normalize), on the same N real PBC images, same batch size and workers.
 2. Training images/s per model (forward + backward + SGD step, a few steps) at 224 px and 64 px.
 
+With `--stain-augment` both sides also do the generalization augmentation (train.stain_augment):
+ours `wbc.augment.stain_augment` (H&E stain jitter, brightness/contrast/saturation/hue, gamma, blur,
+JPEG, 90-degree rotations) and the zoom widened to 0.7-1.4; the baseline the closest transforms.v2
+(ColorJitter, GaussianBlur p 0.3, JPEG p 0.3, a random 90-degree rotation, RandomAffine scale
+0.7-1.4; v2 has no stain jitter or gamma, so the baseline does a little less work).
+
 Scratch files go to /tmp (the PBC images are never copied into the project). Run from the root:
     python benchmarks/train_bench.py            # writes reports/train/benchmark.md too
+    python benchmarks/train_bench.py --quick --stain-augment   # the loader table with stain augmentation
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ import numpy as np
 import torch
 
 from wbc import LABELS
+from wbc.augment import WIDE_SCALE, stain_augment
 from wbc.models import MODEL_NAMES, build_model
 from wbc.split import square_resize
 from wbc.store import decode_image
@@ -65,25 +73,36 @@ def rate(batches, limit: int) -> float:
     return seen / (time.perf_counter() - t0)
 
 
-def ours(packed: Path, batch: int, workers: int):
-    """Our pipeline: packed mmap -> uint8 batch -> flips + rescale on uint8 tensors -> normalise."""
+def ours(packed: Path, batch: int, workers: int, stain: bool = False):
+    """Our pipeline: packed mmap -> uint8 batch -> flips + rescale (+ stain augmentation) on uint8
+    tensors -> normalise."""
     ds = PackedSet(packed, "train")
     gen = torch.Generator().manual_seed(0)
     mean, std = torch.tensor(MEAN), torch.tensor(STD)
     fill = mean_colour(mean)
+    scale = WIDE_SCALE if stain else (0.9, 1.1)
     sampler = torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(0))
     for x, y in make_loader(ds, batch, sampler=sampler, workers=workers):  # as wbc.train.Trainer does
-        yield normalise(augment(x, gen, fill=fill), mean, std), y
+        x = augment(x, gen, scale, fill=fill)
+        yield normalise(stain_augment(x, gen) if stain else x, mean, std), y
 
 
-def baseline(folder: Path, size: int, batch: int, workers: int):
+def _rot90(img: torch.Tensor) -> torch.Tensor:
+    """A random 90-degree rotation (the baseline's counterpart of wbc.augment.rotate90)."""
+    return torch.rot90(img, int(torch.randint(0, 4, ())), dims=(-2, -1))
+
+
+def baseline(folder: Path, size: int, batch: int, workers: int, stain: bool = False):
     """torchvision ImageFolder + PIL decoding + transforms.v2 doing the same steps per image."""
     from torchvision import datasets
     from torchvision.transforms import v2
 
+    extra = [v2.ColorJitter(0.2, 0.2, 0.25, 0.05), v2.RandomApply([v2.GaussianBlur(5, (0.6, 1.2))], p=0.3),
+             v2.RandomApply([v2.JPEG((40, 95))], p=0.3), v2.Lambda(_rot90)] if stain else []
     tf = v2.Compose([
         v2.PILToTensor(), v2.CenterCrop(360), v2.Resize(size, antialias=True),
-        v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), v2.RandomAffine(degrees=0, scale=(0.9, 1.1)),
+        v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(),
+        v2.RandomAffine(degrees=0, scale=(0.7, 1.4) if stain else (0.9, 1.1)), *extra,
         v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD),
     ])
     ds = datasets.ImageFolder(str(folder), transform=tf)
@@ -122,6 +141,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3, help="loader runs per side, interleaved; the median "
                     "is reported (default %(default)s)")
     ap.add_argument("--quick", action="store_true", help="loader table only, printed (no model table, no report)")
+    ap.add_argument("--stain-augment", action="store_true",
+                    help="both sides add the stain/colour/blur/JPEG/rotation augmentation (train.stain_augment)")
     ap.add_argument("--scratch", type=Path, default=Path("/tmp/wbc_train_bench"))
     ap.add_argument("--out", type=Path, default=Path("reports/train/benchmark.md"))
     args = ap.parse_args()
@@ -134,7 +155,8 @@ def main() -> int:
     load0 = os.getloadavg()
     rows, best = [], [0.0, 0.0]
     for w in args.workers:
-        runs = [(rate(ours(packed, args.batch, w), args.n), rate(baseline(folder, args.size, args.batch, w), args.n))
+        runs = [(rate(ours(packed, args.batch, w, args.stain_augment), args.n),
+                 rate(baseline(folder, args.size, args.batch, w, args.stain_augment), args.n))
                 for _ in range(args.repeats)]
         a, b = (float(np.median([r[k] for r in runs])) for k in (0, 1))
         best = [max(best[0], a), max(best[1], b)]
