@@ -80,14 +80,15 @@ def markdown(frame: pd.DataFrame, title: str = "Generalization to other labs", n
     """The report text: the side-by-side table (values in %) and the set sizes."""
     table = accuracy_table(frame)
     cols = list(table.columns)
-    lines = [f"# {title}", "", notes.strip(), "" if notes else "",
-             "| " + " | ".join(cols) + " |", "|:---|:---|" + "---:|" * (len(cols) - 2)]
+    lines = [f"# {title}", "", *([notes.strip(), ""] if notes.strip() else []),
+             "Accuracy and macro-F1 in %, per model and setting, on the in-domain test split and every external set.",
+             "", "| " + " | ".join(cols) + " |", "|:---|:---|" + "---:|" * (len(cols) - 2)]
     for row in table.itertuples(index=False):
         cells = [str(v) if isinstance(v, str) else ("–" if np.isnan(v) else f"{v:.1f}") for v in row]
         lines.append("| " + " | ".join(cells) + " |")
     sizes = frame.groupby("set", sort=False)["n"].max()
     lines += ["", "Images per set: " + ", ".join(f"{s} {int(sizes[s])}" for s in set_order(frame)) + "."]
-    return "\n".join(line for line in lines if line is not None) + "\n"
+    return "\n".join(lines) + "\n"
 
 
 def plot(frame: pd.DataFrame, path: str | Path) -> Path:

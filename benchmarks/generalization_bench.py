@@ -1,0 +1,116 @@
+"""Generalization measurement (issue 15): resnet18 and tavakoli_svm trained on real PBC, measured on
+PBC's test split and on other labs' images (LISC), baseline vs each lever alone vs combinations.
+
+Input: a finished `pbc` profile run (its kept.csv, image store, splits.csv and feature files, e.g.
+`dvc exp run -S data.profile=pbc -S data.mirror=/abs/pbc` in a clone). The script packs the split
+once per crop setting (`wbc.split.pack`), trains one resnet18 per training setting
+(`wbc.train.train_model`, params.yaml `train` section, one seed), evaluates every model under every
+test-time setting (`wbc.evaluate.evaluate_predictor` with the external folder set) and writes the
+report (`wbc.generalization.write_report`). Each step is skipped when its output exists, so an
+interrupted run resumes. Nothing is trained on the external set.
+
+    python benchmarks/generalization_bench.py --run /tmp/gen --external lisc=../shared/data/external/lisc/LISC_crops.zip
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from wbc.cellcrop import CropSpec
+from wbc.evaluate import evaluate_predictor
+from wbc.external import parse_specs
+from wbc.generalization import write_report
+from wbc.params import load_params
+from wbc.predictors import load_predictor
+from wbc.runs import train_run
+from wbc.split import Assignment, load_kept, pack
+
+#: Training settings: name -> (crop, train overrides).
+TRAININGS = {
+    "baseline": ("centre", {}),
+    "cell": ("cell", {}),
+    "stain": ("centre", {"stain_augment": True}),
+    "group": ("centre", {"norm": "group"}),
+    "cell+stain": ("cell", {"stain_augment": True}),
+    "cell+stain+group": ("cell", {"stain_augment": True, "norm": "group"}),
+}
+#: Evaluation settings: name -> (training, stain_norm, adapt).
+EVALS = {
+    "baseline": ("baseline", "none", "none"),
+    "crop=cell": ("cell", "none", "none"),
+    "stain_augment": ("stain", "none", "none"),
+    "norm=group": ("group", "none", "none"),
+    "adapt=adabn": ("baseline", "none", "adabn"),
+    "stain_norm=reinhard": ("baseline", "reinhard", "none"),
+    "crop=cell + stain_augment": ("cell+stain", "none", "none"),
+    "crop=cell + stain_augment + adabn": ("cell+stain", "none", "adabn"),
+    "crop=cell + stain_augment + reinhard + adabn": ("cell+stain", "reinhard", "adabn"),
+    "crop=cell + stain_augment + norm=group": ("cell+stain+group", "none", "none"),
+}
+
+
+def packed_dir(run: Path, out: Path, crop: str, size: int) -> Path:
+    """The run's split packed with `crop` (made once)."""
+    dest = out / f"packed_{crop}_{size}"
+    if (dest / "meta.json").is_file():
+        return dest
+    kept = load_kept(run / "data/interim/kept.csv")
+    frame = pd.read_csv(run / "data/processed/splits.csv", dtype={"index": "int64"})
+    assignment = Assignment(frame, "stratified", 42, 0, 0)
+    t0 = time.time()
+    meta = pack(assignment, kept, run / "data/interim/store", dest, size, workers=1, crop=CropSpec(crop))
+    print(f"packed {crop}: {meta['sets']} fallback {meta['cell_fallback']} in {time.time() - t0:.0f} s", flush=True)
+    return dest
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, required=True, help="a finished pbc profile run (workspace root)")
+    ap.add_argument("--external", action="append", required=True, metavar="NAME=PATH")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/gen_out"))
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--only", nargs="*", default=None, help="evaluation settings to run (default: all)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--report", type=Path, default=Path("reports/generalization.md"))
+    args = ap.parse_args()
+    external = parse_specs({k: {"path": v} for k, _, v in (e.partition("=") for e in args.external)})
+    train_params = {**load_params(args.run / "params.yaml")["train"], "threads": args.threads}
+    runs = {}
+    for name, (training, stain_norm, adapt) in EVALS.items():
+        if args.only is not None and name not in args.only:
+            continue
+        crop, overrides = TRAININGS[training]
+        packed = packed_dir(args.run, args.out, crop, args.size)
+        ckpt = args.out / "models" / f"resnet18-{training}.ckpt"
+        if not ckpt.is_file():
+            t0 = time.time()
+            print(train_run("resnet18", args.seed, packed_dir=packed, features_dir=None, out=ckpt, log_dir=None,
+                            train_params={**train_params, **overrides}), f"({time.time() - t0:.0f} s)", flush=True)
+        dest = args.out / "evaluate" / f"resnet18-{name}"
+        if not (dest / "metrics.json").is_file():
+            evaluate_predictor(load_predictor(ckpt, stain_norm=stain_norm, adapt=adapt), packed, dest,
+                               external=external, title=f"resnet18 {name}")
+        runs[name] = dest
+    svm = args.out / "evaluate" / "tavakoli_svm-baseline"
+    if not (svm / "metrics.json").is_file():
+        model = args.out / "models" / "tavakoli_svm.ckpt"
+        if not model.is_file():
+            print(train_run("tavakoli_svm", args.seed, packed_dir=None, features_dir=args.run / "data/processed/features",
+                            out=model, log_dir=None, train_params=None), flush=True)
+        evaluate_predictor(load_predictor(model), packed_dir(args.run, args.out, "centre", args.size), svm,
+                           features_dir=args.run / "data/processed/features", external=external, title="tavakoli_svm")
+    runs["baseline (features)"] = svm
+    frame = write_report(runs, args.report, args.report.with_suffix(".png"))
+    print(frame.pivot_table(index="label", columns="set", values=["accuracy", "macro_f1"], sort=False).round(1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
