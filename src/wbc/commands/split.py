@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=42, help="split seed (default: %(default)s)")
     parser.add_argument("--image-size", type=int, default=64, help="packed image side in px (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=0, help="decoding processes, 0 = all cores")
+    parser.add_argument("--crop", choices=("centre", "cell"), default="centre",
+                        help="centre square, or a square centred on the white cell (wbc.cellcrop; default: %(default)s)")
+    parser.add_argument("--cell-fraction", type=float, default=0.6,
+                        help="--crop cell: the cell spans this fraction of the crop side (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,10 +41,13 @@ def run(args: argparse.Namespace) -> int:
         mode=args.mode, val=split.parse_size_arg(args.val), test=split.parse_size_arg(args.test),
         seed=args.seed, image_size=args.image_size, profile=args.profile,
         dedup_params={"workers": args.workers}, workers=args.workers,
+        crop=args.crop, cell_fraction=args.cell_fraction,
     )
     totals = ", ".join(f"{name} {n:,}" for name, n in summary["totals"].items())
     print(f"{summary['images']:,} images ({summary['mode']}, seed {summary['seed']}): {totals}")
     print(f"leakage audit: {summary['audit']['cross_split_duplicates']} duplicate pair(s) across sets")
+    if args.crop == "cell":
+        print(f"cell crop: no cell found (centre crop used) per set: {summary['crop']['fallback']}")
     warning = split.leakage_warning(summary)
     if warning:
         print(f"wbc split: warning: {warning}", file=sys.stderr)

@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                         help="start from torchvision ImageNet weights (needs internet or the torch cache)")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--stain-augment", action=argparse.BooleanOptionalAction, default=None,
+                        help="stain/colour/blur/JPEG/rotation augmentation (wbc.augment)")
+    parser.add_argument("--norm", choices=("batch", "group"), default=None, help="BatchNorm or GroupNorm")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda or mps")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader worker processes")
     parser.add_argument("--seed", type=int, default=1, help="training seed (default: %(default)s)")
@@ -46,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     section = dict(load_params(args.params).get("train", {}) if Path(args.params).is_file() else {})
     flags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer,
              "balance": args.balance, "pretrained": args.pretrained, "augment": args.augment, "device": args.device,
+             "stain_augment": args.stain_augment, "norm": args.norm,
              "workers": args.workers, "threads": args.threads, "max_steps": args.max_steps}
     section.update({k: v for k, v in flags.items() if v is not None})
     print(train_run(args.model, args.seed, packed_dir=args.packed, features_dir=args.features, out=args.out,
