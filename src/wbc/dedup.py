@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import multiprocessing as mp
-import os
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -41,6 +40,7 @@ from tqdm import tqdm
 
 from wbc import ann
 from wbc.errors import ConfigError
+from wbc.parallel import n_workers
 
 #: Thumbnail side used for verification (pixels); the coarse screening pass uses half of it.
 THUMB = 64
@@ -233,16 +233,6 @@ def _load_all(load_fn: Callable[[Any], bytes], keys: Iterable[Any], parts: tuple
             yield key, load_fn(key), None, parts
         except Exception as exc:  # noqa: BLE001
             yield key, None, f"{type(exc).__name__}: {exc}".strip(), parts
-
-
-def n_workers(workers: int) -> int:
-    """0 = all cores available to this process."""
-    if workers and workers > 0:
-        return int(workers)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        return os.cpu_count() or 1
 
 
 def _one_cv2_thread() -> None:

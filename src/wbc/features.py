@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from wbc.dedup import n_workers
+from wbc.parallel import n_workers
 from wbc.errors import WbcError
 from wbc.segment import Segmentation, segment
 from wbc.store import ImageStore, decode_image

@@ -75,5 +75,5 @@ def figure(sets: dict[str, pd.DataFrame], store_root: str | Path, path: Path) ->
             for row in rows[rows["label"] == label].head(FIGURE_PER_CLASS).to_dict("records"):
                 rgb = np.asarray(store.load_rgb(row))
                 images.append((rgb, segment(rgb)))
-                titles.append(f"{name}: {label}")
+                titles.append(f"{label}\n({name})")
     return segmentation_figure(images, titles, path, title="Nucleus (outline) and convex hull per class and test set")

@@ -361,7 +361,7 @@ def pack(
     """
     if int(image_size) < 8:
         raise ConfigError(f"split.image_size must be >= 8, got {image_size!r}")
-    from wbc.dedup import n_workers
+    from wbc.parallel import n_workers
 
     size, workers = int(image_size), n_workers(int(workers or 0))
     out = Path(out_dir)
