@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from wbc.cellcrop import CropSpec
@@ -29,6 +30,8 @@ from wbc.params import load_params
 from wbc.predictors import load_predictor
 from wbc.runs import train_run
 from wbc.split import Assignment, load_kept, pack
+from wbc.stainnorm import lab_target
+from wbc.train import input_params
 
 #: Training settings: name -> (crop, train overrides).
 TRAININGS = {
@@ -55,10 +58,39 @@ EVALS = {
 }
 
 
+def reuse_centre(run: Path, dest: Path, size: int) -> bool:
+    """Link the run's own packed (centre-crop) tensors into `dest`, adding the crop keys and the Lab
+    target to its meta.json; False when the run's packing has another size."""
+    src = run / "data/processed/packed"
+    meta = json.loads((src / "meta.json").read_text()) if (src / "meta.json").is_file() else {}
+    if int(meta.get("image_size", -1)) != size or meta.get("crop", "centre") != "centre":
+        return False
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in src.glob("*.npy"):
+        (dest / f.name).unlink(missing_ok=True)
+        (dest / f.name).symlink_to(f.resolve())
+    meta.update(CropSpec().to_dict(), cell_fallback={s: 0 for s in meta["sets"]},
+                lab_target=lab_target(np.load(dest / "train_x.npy", mmap_mode="r")))
+    (dest / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return True
+
+
+def adopt(ckpt: Path, packed: Path, dest: Path) -> Path:
+    """A copy of an existing checkpoint (e.g. the run's own resnet18) with the packed data's input
+    params (crop, Lab target) added, as `train_model` now records them."""
+    import torch
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state["params"] = {**state["params"], **input_params(json.loads((packed / "meta.json").read_text()))}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, dest)
+    return dest
+
+
 def packed_dir(run: Path, out: Path, crop: str, size: int) -> Path:
-    """The run's split packed with `crop` (made once)."""
+    """The run's split packed with `crop` (made once; the centre crop reuses the run's own tensors)."""
     dest = out / f"packed_{crop}_{size}"
-    if (dest / "meta.json").is_file():
+    if (dest / "meta.json").is_file() or (crop == "centre" and reuse_centre(run, dest, size)):
         return dest
     kept = load_kept(run / "data/interim/kept.csv")
     frame = pd.read_csv(run / "data/processed/splits.csv", dtype={"index": "int64"})
@@ -93,6 +125,9 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", default=None, help="evaluation settings to run (default: all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--report", type=Path, default=Path("reports/generalization.md"))
+    ap.add_argument("--baseline-ckpt", type=Path, default=None,
+                    help="use this resnet18 checkpoint (trained by the run on its centre crops with the same "
+                         "params and seed) as the baseline instead of training it again")
     ap.add_argument("--notes", type=Path, default=None, help="text put under the report's title (how it was made)")
     args = ap.parse_args()
     external = parse_specs({k: {"path": v} for k, _, v in (e.partition("=") for e in args.external)})
@@ -104,6 +139,8 @@ def main() -> int:
         crop, overrides = TRAININGS[training]
         packed = packed_dir(args.run, args.out, crop, args.size)
         ckpt = args.out / "models" / f"resnet18-{training}.ckpt"
+        if training == "baseline" and args.baseline_ckpt and not ckpt.is_file():
+            adopt(args.baseline_ckpt, packed, ckpt)
         if not ckpt.is_file():
             t0 = time.time()
             print(train_run("resnet18", args.seed, packed_dir=packed, features_dir=None, out=ckpt, log_dir=None,
