@@ -328,9 +328,7 @@ def test_default_model(tmp_path: Path, checkpoint: Path) -> None:
     (tmp_path / "models").mkdir()
     for name in ("headline-10.ckpt", "headline-2.ckpt", "mobilenet_v2-1.ckpt"):
         (tmp_path / "models" / name).write_bytes(b"x")
-    assert default_model(tmp_path) == tmp_path / "models" / "headline-2.ckpt"  # the first seed
-    (tmp_path / "models" / "model.pt").write_bytes(b"x")
-    assert default_model(tmp_path) == tmp_path / "models" / "model.pt"
+    assert default_model(tmp_path) == tmp_path / "models" / "headline-2.ckpt"  # the lowest seed
 
 
 def test_unreadable_explicit_checkpoint_is_an_error(tmp_path: Path) -> None:

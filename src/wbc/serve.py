@@ -29,8 +29,7 @@ from wbc.errors import ConfigError, WbcError
 DEFAULT_MAX_UPLOAD_MB = 200
 #: Default number of files in one upload (an archive counts as one file).
 DEFAULT_MAX_FILES = 500
-#: Model files used when --model is not given, first found wins; then the headline of the first seed.
-DEFAULT_MODEL_FILES = ("models/model.pt",)
+#: The model used when --model is not given: the headline model of the lowest seed.
 HEADLINE_PATTERN = "models/headline-*.ckpt"
 #: Host names that always mean this machine.
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
@@ -95,10 +94,7 @@ def _seed_key(path: Path) -> tuple[int, str]:
 
 
 def default_model(workspace: Path = Path(".")) -> Path | None:
-    """The workspace's headline model file (models/model.pt, or models/headline-<first seed>.ckpt), or None."""
-    for name in DEFAULT_MODEL_FILES:
-        if (workspace / name).is_file():
-            return workspace / name
+    """The workspace's headline model file of the lowest seed (models/headline-<seed>.ckpt), or None."""
     headlines = sorted(workspace.glob(HEADLINE_PATTERN), key=_seed_key)
     return headlines[0] if headlines else None
 

@@ -13,7 +13,7 @@ HELP = "local web page: classify images and zip files, review reports/ (http://1
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the command's arguments."""
     parser.add_argument("--model", metavar="MODEL_FILE", type=Path,
-                        help="a trained model file (default: models/model.pt or models/headline-<first seed>.ckpt "
+                        help="a trained model file (default: models/headline-<lowest seed>.ckpt "
                              "when present; the page says when there is none)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
     parser.add_argument("--host", default="127.0.0.1",

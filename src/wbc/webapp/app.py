@@ -29,7 +29,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from wbc.errors import WbcError
-from wbc.serve import DEFAULT_MODEL_FILES, HEADLINE_PATTERN, ServeConfig, is_loopback
+from wbc.serve import HEADLINE_PATTERN, ServeConfig, is_loopback
 from wbc.webapp.classify import Job, JobStore, classify
 from wbc.webapp.model import PageModel, load_page_model
 from wbc.webapp.results import figure_path, results_payload
@@ -74,8 +74,7 @@ def load_model(state: ServerState) -> None:
     from wbc.train import select_device
 
     if state.config.model is None:
-        looked = ", ".join([*DEFAULT_MODEL_FILES, HEADLINE_PATTERN])
-        state.model_error = (f"No checkpoint: no model file ({looked}) in {state.config.workspace.resolve()}. "
+        state.model_error = (f"No checkpoint: no model file ({HEADLINE_PATTERN}) in {state.config.workspace.resolve()}. "
                              "Train one (`dvc repro`) or start the page with `wbc serve --model MODEL_FILE`.")
         return
     state.model = load_page_model(state.config.model, device=select_device(state.config.device))
