@@ -1,12 +1,8 @@
-"""Pictures shared by the stages: labelled image grids (samples per class, duplicate groups) and
-the result table's accuracy intervals."""
+"""Pictures shared by the stages: labelled image grids (samples per class, duplicate groups)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
-
-if TYPE_CHECKING:
-    import pandas as pd
+from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -89,36 +85,3 @@ def class_samples(
         captions.append([str(s) for s in take["source"]])
     return image_grid(rows, path, title=title or "Random stored images per class", captions=captions)
 
-
-def interval_plot(table: "pd.DataFrame", path: str | Path, confidence: float = 0.95) -> Path:
-    """Accuracy per model with its confidence interval over seeds, one panel per test set.
-
-    `table`: the aggregated result table (`wbc.report.aggregate`: columns set, model, headline,
-    seeds, accuracy, accuracy_ci95). A model trained with one seed is drawn without a bar.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    sets = list(dict.fromkeys(table["set"]))
-    fig, axes = plt.subplots(1, max(1, len(sets)), figsize=(4.5 * max(1, len(sets)), 0.9 + 0.45 * table["model"].nunique()),
-                             squeeze=False, layout="constrained")
-    for ax, set_name in zip(axes[0], sets):
-        block = table[table["set"] == set_name].iloc[::-1]  # first model on top
-        y = np.arange(len(block))
-        acc = 100 * block["accuracy"].to_numpy(dtype=float)
-        err = 100 * np.nan_to_num(block["accuracy_ci95"].to_numpy(dtype=float), nan=0.0)
-        colours = ["tab:red" if h else "tab:blue" for h in block["headline"]]
-        ax.errorbar(acc, y, xerr=err, fmt="none", ecolor="0.3", capsize=4)
-        ax.scatter(acc, y, c=colours, zorder=3)
-        ax.set_yticks(y, [f"{m} (k={k})" for m, k in zip(block["model"], block["seeds"])])
-        ax.set_xlabel(f"accuracy, % (mean and {100 * confidence:g} % CI over seeds)")
-        ax.set_title(f"{set_name} (n = {int(block['n'].iloc[0])})", fontsize=10)
-        ax.grid(axis="x", alpha=0.3)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, metadata={"Software": None})
-    plt.close(fig)
-    return path

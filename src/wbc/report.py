@@ -204,8 +204,6 @@ def write_results(evaluate_dir: str | Path, runs: Mapping[str, Sequence[str]], h
                   seeds: Sequence[int], out_dir: str | Path, metrics_path: str | Path) -> pd.DataFrame:
     """The report stage: read every run's metrics, write `out_dir`/results.{md,csv,png},
     results_seeds.csv and `metrics_path`. Returns the aggregated table."""
-    from wbc.plots import interval_plot
-
     per_seed = seeds_table(load_runs(evaluate_dir, runs), runs, headline)
     table = aggregate(per_seed)
     out_dir = Path(out_dir)
@@ -217,3 +215,39 @@ def write_results(evaluate_dir: str | Path, runs: Mapping[str, Sequence[str]], h
     Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
     Path(metrics_path).write_text(json.dumps(headline_metrics(table, headline), indent=2) + "\n", encoding="utf-8")
     return table
+
+
+def interval_plot(table: pd.DataFrame, path: str | Path, confidence: float = 0.95) -> Path:
+    """Accuracy per model with its confidence interval over seeds, one panel per test set.
+
+    `table`: the aggregated result table (`wbc.report.aggregate`: columns set, model, headline,
+    seeds, accuracy, accuracy_ci95). A model trained with one seed is drawn without a bar; an
+    interval reaching past 0 or 100 % (few seeds: wide Student t intervals) is drawn up to the bound.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = list(dict.fromkeys(table["set"]))
+    fig, axes = plt.subplots(1, max(1, len(sets)), figsize=(4.5 * max(1, len(sets)), 0.9 + 0.45 * table["model"].nunique()),
+                             squeeze=False, layout="constrained")
+    for ax, set_name in zip(axes[0], sets):
+        block = table[table["set"] == set_name].iloc[::-1]  # first model on top
+        y = np.arange(len(block))
+        acc = 100 * block["accuracy"].to_numpy(dtype=float)
+        err = 100 * np.nan_to_num(block["accuracy_ci95"].to_numpy(dtype=float), nan=0.0)
+        colours = ["tab:red" if h else "tab:blue" for h in block["headline"]]
+        xerr = np.vstack([np.minimum(err, acc), np.minimum(err, 100 - acc)])  # drawn within [0, 100] %
+        ax.errorbar(acc, y, xerr=xerr, fmt="none", ecolor="0.3", capsize=4)
+        ax.set_xlim(0, 102)
+        ax.scatter(acc, y, c=colours, zorder=3)
+        ax.set_yticks(y, [f"{m} (k={k})" for m, k in zip(block["model"], block["seeds"])])
+        ax.set_xlabel(f"accuracy, % (mean and {100 * confidence:g} % CI over seeds)")
+        ax.set_title(f"{set_name} (n = {int(block['n'].iloc[0])})", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return path
