@@ -106,6 +106,16 @@ def test_border_and_neighbour_cells():
     assert dice(seg.nucleus, truth) > 0.95
 
 
+def test_platelet_beside_the_cell_is_dropped_lobes_kept():
+    rgb, truth = cell(240, 30)                            # a round nucleus at the centre
+    cv2.circle(rgb, (120 + 30 + 40, 120), 11, NUCLEUS, -1)  # a platelet (> 1/10 of its area) 40 px away
+    seg = segment(rgb)
+    assert not seg.nucleus[:, 185:].any() and dice(seg.nucleus, truth) > 0.95
+    rgb, truth = cell(240, 40, shape="lobes")             # separate lobes of one nucleus stay together
+    seg = segment(rgb)
+    assert dice(seg.nucleus, truth) > 0.9
+
+
 def test_hull_of_a_rectangle_is_the_rectangle():
     mask = np.zeros((50, 60), bool)
     mask[10:30, 5:40] = True

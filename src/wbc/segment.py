@@ -47,6 +47,10 @@ MIN_CONTRAST = 20.0
 MAX_FRACTION = 0.9
 #: Components smaller than this fraction of the largest are dropped (the paper: a tenth).
 MIN_COMPONENT = 0.1
+#: Components farther than this many equivalent radii of the central component (gap between their
+#: outlines) are dropped: platelets and fragments of neighbouring cells beside the white cell; the
+#: lobes of one nucleus lie much closer to each other.
+MAX_GAP = 0.8
 #: Holes smaller than this fraction of the nucleus area are filled.
 HOLE_FRACTION = 0.1
 #: Radius of the morphological closing, as a fraction of sqrt(nucleus area) (~5 % of the equivalent
@@ -196,10 +200,17 @@ def _pixel_area(contour: np.ndarray) -> float:
     return cv2.contourArea(contour) + cv2.arcLength(contour, True) / 2 + 1
 
 
+def _gap(a: np.ndarray, b: np.ndarray) -> float:
+    """Smallest distance between the points of two contours (pixels)."""
+    d = a.reshape(-1, 1, 2).astype(np.float64) - b.reshape(1, -1, 2)
+    return float(np.sqrt((d ** 2).sum(axis=2).min()))
+
+
 def _components(mask: np.ndarray) -> np.ndarray:
     """Keep components (8-connected, found by their outer contours) larger than MIN_COMPONENT x the
     largest, except those touching the border that are not the central one (the one containing, or
-    else nearest to, the image centre)."""
+    else nearest to, the image centre) and those farther from the central one than MAX_GAP of its
+    equivalent radius."""
     outer, _ = _contours(mask, cv2.RETR_EXTERNAL)
     if len(outer) <= 1:
         return mask
@@ -210,7 +221,10 @@ def _components(mask: np.ndarray) -> np.ndarray:
     inside = np.array([cv2.pointPolygonTest(c, centre, True) if k else -np.inf for c, k in zip(outer, keep)])
     rects = np.array([cv2.boundingRect(c) for c in outer])
     border = (rects[:, 0] == 0) | (rects[:, 1] == 0) | (rects[:, 0] + rects[:, 2] == w) | (rects[:, 1] + rects[:, 3] == h)
-    keep &= ~border | (np.arange(len(outer)) == int(np.argmax(inside)))
+    main = int(np.argmax(inside))
+    keep &= ~border | (np.arange(len(outer)) == main)
+    limit = MAX_GAP * np.sqrt(area[main] / np.pi)
+    keep &= np.array([i == main or not k or _gap(c, outer[main]) <= limit for i, (c, k) in enumerate(zip(outer, keep))])
     kept = np.zeros((h, w), np.uint8)
     cv2.drawContours(kept, [c for c, k in zip(outer, keep) if k], -1, 1, thickness=cv2.FILLED)
     return mask & kept.view(bool)
