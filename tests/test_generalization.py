@@ -91,6 +91,16 @@ def test_stain_augment_keeps_uint8_is_seeded_and_moves_stain_concentrations() ->
     assert (he_out - he_in).abs().max() > 0.02   # H and E concentrations changed
 
 
+def test_stain_augment_without_jitter_is_the_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    import wbc.augment as aug
+
+    for name in ("STAIN_SCALE", "STAIN_SHIFT", "BRIGHTNESS", "CONTRAST", "SATURATION", "HUE", "GAMMA"):
+        monkeypatch.setattr(aug, name, 0.0)
+    x = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (4, 3, 16, 16), dtype=np.uint8))
+    out = aug.colour_jitter(x, torch.Generator().manual_seed(0)).mul(255.0).round()
+    assert torch.equal(out, x.float())
+
+
 def test_training_with_stain_augment_and_group_norm_round_trips(tmp_path: Path) -> None:
     from wbc.train import TrainConfig, train_model
 

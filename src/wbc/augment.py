@@ -96,7 +96,8 @@ def colour_jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     a, c = _stain_maps(b, gen)
     mats, contrast, gamma = _colour_maps(b, gen)
     log_i = x.reshape(b, 3, h * w).to(torch.float32).add_(1.0).log_()
-    shift = (float(np.log(256.0 / 255.0)) - c).unsqueeze(2)                   # (b, 3, 1)
+    # I' + 1 = 256 exp(-(OD A + c)) with OD = log 256 - L: exponent L A - log 256 (1 A) - c
+    shift = (float(np.log(256.0 / 255.0)) - float(np.log(256.0)) * a.sum(dim=1) - c).unsqueeze(2)  # (b, 3, 1)
     e = torch.baddbmm(shift, a.transpose(1, 2), log_i).exp_()                    # (I' + 1) / 255
     lin = contrast.view(b, 1, 1) * mats                                          # rgb' = lin e + off
     e_mean = e.mean(dim=2, keepdim=True)                                         # (b, 3, 1)
