@@ -14,8 +14,12 @@ Every (N, method) runs in its own subprocess, which reports its wall time and pe
   - hamming MIH: `wbc.ann.hamming_pairs_mih` (exact by construction); checked against the exact search
     for the first --sample query rows.
   - k-NN exact: `wbc.dedup` k-NN (blocked matmul), extrapolated the same way above --exact-max.
-  - k-NN IVF: `wbc.ann.knn_pairs_indexed` (FAISS IVF-Flat); recall@k of 1000 random queries against
-    brute force, and the share of planted pairs among the candidates.
+  - k-NN IVF: `wbc.ann.knn_pairs_indexed` (FAISS IVF, fast-scan PQ, float16 re-ranking) on the
+    memory-mapped embedding; recall@k of 1000 random queries against brute force, and the share of
+    planted pairs among the candidates.
+  - features in RAM / spilled: `wbc.dedup.hash_images` (verification features: reduced JPEG decode,
+    thumbnails, embedding) of N images (512 distinct synthetic 360 px JPEG fields, cycled), in RAM
+    vs streamed to memory-mapped files (`spill_dir`): peak RSS against N (--feature-sizes).
 
     nice -n 19 python benchmarks/dedup_scale_bench.py                  # 10k, 100k, 1M -> reports/dedup/scaling.md
     nice -n 19 python benchmarks/dedup_scale_bench.py --sizes 10000 100000 --out /tmp/scaling.md
@@ -38,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DIM, LATENT, CLUSTERS, K, PLANT = 153, 24, 1000, 12, 0.01
 A_BELOW, P_BELOW = 11, 14
 METHODS = ("hamming_exact", "hamming_mih", "knn_exact", "knn_ivf")
+FEATURE_METHODS = ("features_ram", "features_spilled")
 
 
 # --------------------------------------------------------------------------- data
@@ -171,6 +176,29 @@ def _recall_at_k(emb: np.ndarray, build_ivf, search_knn, queries: int = 1000) ->
     return hits / (len(rows) * K)
 
 
+def run_features(n: int, method: str, workers: int) -> dict:
+    """hash_images (verification features) of n images, in RAM or spilled to disk."""
+    import io
+
+    from PIL import Image
+
+    from wbc.dedup import PARTS, hash_images
+
+    rng = np.random.default_rng(0)
+    jpegs = []
+    for _ in range(512):
+        field = rng.integers(0, 256, (45, 45, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
+        buf = io.BytesIO()
+        Image.fromarray(field).save(buf, "JPEG", quality=90)
+        jpegs.append(buf.getvalue())
+    with tempfile.TemporaryDirectory(prefix="dedup-spill-") as tmp:
+        t = time.perf_counter()
+        f = hash_images(lambda key: jpegs[key % len(jpegs)], range(n), workers, parts=PARTS["verified"],
+                        spill_dir=tmp if method == "features_spilled" else None)
+        out = {"seconds": time.perf_counter() - t, "peak_rss_mb": peak_rss_mb(), "rows": len(f)}
+    return out
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory so far of this process and of its finished children (forked workers)."""
     return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
@@ -179,9 +207,11 @@ def peak_rss_mb() -> float:
 
 def worker(args: argparse.Namespace) -> None:
     """One (N, method) in this process: prints a JSON line with seconds, peak RSS and quality."""
-    folder = Path(args.data)
-    run = run_hamming if args.method.startswith("hamming") else run_knn
-    out = run(folder, args.method, args.exact_max, args.sample, args.workers)
+    if args.method in FEATURE_METHODS:
+        out = run_features(args.n, args.method, args.workers)
+    else:
+        run = run_hamming if args.method.startswith("hamming") else run_knn
+        out = run(Path(args.data), args.method, args.exact_max, args.sample, args.workers)
     print(json.dumps({"peak_rss_mb": peak_rss_mb(), **out}))
 
 
@@ -189,7 +219,7 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def measure(n: int, folder: Path, method: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--worker", "--data", str(folder), "--method", method,
+    cmd = [sys.executable, __file__, "--worker", "--data", str(folder), "--method", method, "--n", str(n),
            "--exact-max", str(args.exact_max), "--sample", str(args.sample), "--workers", str(args.workers)]
     res = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
     out = json.loads(res.stdout.strip().splitlines()[-1])
@@ -203,7 +233,8 @@ def _fmt(x: float | None, spec: str) -> str:
 
 def report(rows: list[tuple[int, str, dict]], args: argparse.Namespace) -> str:
     lines = ["# Dedup candidate search at scale", "",
-             f"`nice -n 19 python benchmarks/dedup_scale_bench.py --sizes {' '.join(map(str, args.sizes))}` "
+             f"`nice -n 19 python benchmarks/dedup_scale_bench.py --sizes {' '.join(map(str, args.sizes))} "
+             f"--feature-sizes {' '.join(map(str, args.feature_sizes))}` "
              f"on {platform.machine()}, {args.workers} workers/threads (`{platform.processor() or platform.platform()}`).",
              "Synthetic data with 1 % planted near-duplicates (see the script's docstring); time = the candidate "
              "search alone (features are given); peak RSS of the measuring subprocess (and its forked workers).",
@@ -217,9 +248,13 @@ def report(rows: list[tuple[int, str, dict]], args: argparse.Namespace) -> str:
             vs = f"same pairs for {args.sample} query rows: recall {r['recall_vs_exact']:.4f}, extra {r['extra_vs_exact']}"
         if "recall_at_k" in r:
             vs = f"recall@{K} {r['recall_at_k']:.4f} (1000 queries)"
+        if method in FEATURE_METHODS:
+            note = f"feature extraction of {r['rows']:,} images (not a search)"
+        else:
+            note = f"extrapolated: {r['extrapolated']}" if "extrapolated" in r else ""
         lines.append(f"| {n:,} | {method} | {_fmt(r['seconds'], '.1f')} | {_fmt(r['peak_rss_mb'], '.0f')} | "
                      f"{r.get('pairs', '')} | {_fmt(r.get('planted_recall'), '.4f')} | {vs} | "
-                     f"{('extrapolated: ' + r['extrapolated']) if 'extrapolated' in r else ''} |")
+                     f"{note} |")
     return "\n".join(lines) + "\n"
 
 
@@ -231,7 +266,10 @@ def main() -> None:
     ap.add_argument("--exact-max", type=int, default=100_000, help="above this N the exact search is extrapolated")
     ap.add_argument("--sample", type=int, default=10_000, help="query rows of the extrapolation and of the checks")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--feature-sizes", type=int, nargs="*", default=[10_000, 100_000],
+                    help="N of the feature-extraction memory rows (RAM vs spilled)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--method", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -243,6 +281,9 @@ def main() -> None:
             make_data(n, Path(tmp))
             for method in args.methods:
                 rows.append((n, method, measure(n, Path(tmp), method, args)))
+    for n in args.feature_sizes:
+        for method in FEATURE_METHODS:
+            rows.append((n, method, measure(n, Path(tempfile.gettempdir()), method, args)))
     text = report(rows, args)
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,8 @@ TRAININGS = {
     "group": ("centre", {"norm": "group"}),
     "cell+stain": ("cell", {"stain_augment": True}),
     "cell+stain+group": ("cell", {"stain_augment": True, "norm": "group"}),
+    # 3x the run's 4 epochs, the learning rate divided by 10 for the last 4 (StepLR)
+    "cell+stain+long": ("cell", {"stain_augment": True, "epochs": 12, "step_size": 8}),
 }
 #: Evaluation settings: name -> (training, stain_norm, adapt), in the order they are run (the
 #: test-time levers on the baseline model first: they cost no training).
@@ -55,6 +57,9 @@ EVALS = {
     "crop=cell + stain_augment + reinhard + adabn": ("cell+stain", "reinhard", "adabn"),
     "norm=group": ("group", "none", "none"),
     "crop=cell + stain_augment + norm=group": ("cell+stain+group", "none", "none"),
+    "crop=cell + stain_augment, 12 epochs": ("cell+stain+long", "none", "none"),
+    "crop=cell + stain_augment + adabn, 12 epochs": ("cell+stain+long", "none", "adabn"),
+    "crop=cell + stain_augment + reinhard + adabn, 12 epochs": ("cell+stain+long", "reinhard", "adabn"),
 }
 
 

@@ -111,6 +111,27 @@ def test_features_rows_errors_and_sharpness(drawn):
         dedup.hash_images(images.__getitem__, f.keys, parts=("sharpness",))
 
 
+def test_spilled_features_in_chunks_equal_in_memory_features(drawn, tmp_path, monkeypatch):
+    """Features streamed to disk (memory-mapped, pages released per chunk) in small chunks, with an
+    unreadable image inside a chunk, are the in-memory features, and give the same groups."""
+    images, truth, f = drawn
+    monkeypatch.setattr(dedup, "CHUNK", 5)
+    broken = {**images, "zz_broken.jpg": b"\xff\xd8 not a jpeg"}
+    keys = sorted(broken)
+    spilled = dedup.hash_images(broken.__getitem__, keys, workers=2, spill_dir=tmp_path)
+    assert spilled.keys == f.keys and list(spilled.errors) == ["zz_broken.jpg"]
+    for name in ("thumbs", "coarse", "embed"):
+        arr = getattr(spilled, name)
+        assert isinstance(arr, np.memmap), name
+        np.testing.assert_array_equal(arr, getattr(f, name))
+    for name in ("sha256", "ahash", "phash", "has_paper"):
+        np.testing.assert_array_equal(getattr(spilled, name), getattr(f, name))
+    assert not list(tmp_path.iterdir())  # the spill files are unlinked: they live as long as the mapping
+    for mode in dedup.MODES:
+        a, b = dedup.find_groups(spilled, mode), dedup.find_groups(f, mode)
+        assert (a.group == b.group).all() and (a.keep == b.keep).all()
+
+
 def test_verified_features_fill_paper_features_of_group_members_only(drawn):
     images, truth, f = drawn
     v = dedup.hash_images(images.__getitem__, f.keys, workers=1, parts=dedup.PARTS["verified"])

@@ -154,6 +154,26 @@ def test_adabn_sets_the_target_statistics_and_keeps_the_weights() -> None:
     assert not adapted.training
 
 
+def test_adabn_pools_statistics_over_class_sorted_images() -> None:
+    """Images sorted by class (as test sets and class folders come): the adapted statistics are the
+    whole set's, not the last batches' class."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    rng = np.random.default_rng(3)
+    dark = rng.integers(0, 80, (48, 3, 12, 12), dtype=np.uint8)
+    bright = rng.integers(170, 256, (48, 3, 12, 12), dtype=np.uint8)
+    x = np.concatenate([dark, bright])  # sorted: one "class", then the other
+    from wbc.train import normalise
+    with torch.no_grad():
+        feats = model[0](normalise(torch.from_numpy(x), torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)))
+    adapted = adabn(model, x, IMAGENET_MEAN, IMAGENET_STD, batch_size=16)
+    assert torch.allclose(adapted[1].running_mean, feats.mean(dim=(0, 2, 3)), atol=1e-4)
+    # the between-class variance is included (a per-batch average over sorted batches would miss most of it)
+    assert torch.allclose(adapted[1].running_var, feats.var(dim=(0, 2, 3)), rtol=1e-3)
+    again = adabn(model, x, IMAGENET_MEAN, IMAGENET_STD, batch_size=16)
+    assert torch.equal(again[1].running_var, adapted[1].running_var)  # seeded order: deterministic
+
+
 # ----------------------------------------------------------------------------- Reinhard
 
 def test_reinhard_maps_lab_means_and_stds_to_the_target() -> None:

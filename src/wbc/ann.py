@@ -1,10 +1,16 @@
 """Indexed candidate search for dedup at scale (millions of images): the same candidates as the exact
 search of `wbc.dedup`, in far less than its O(N^2) time.
 
-  - embedding k-NN (verified mode): a FAISS inverted-file index over 4-bit fast-scan product-quantised
-    codes, re-ranked on the exact vectors (inner product on the L2-normalised embedding = cosine), built
-    and queried in row blocks so the embedding can stay in an `np.memmap` on disk. Approximate: recall@k
-    against exact search is measured by `benchmarks/dedup_scale_bench.py` (reports/dedup/scaling.md).
+  - embedding k-NN (verified mode): a FAISS inverted-file index (~sqrt(N) lists, NPROBE visited)
+    over 4-bit fast-scan product-quantised codes with one sub-quantizer per dimension, the K_FACTOR x k
+    best re-ranked on half-precision copies of the vectors (inner product on the L2-normalised
+    embedding = cosine). Measured at 1M (reports/dedup/scaling.md): the recall is limited by the code's
+    precision, not by the lists visited; 2-3 dimensions per sub-quantizer needed K_FACTOR 32 (and
+    twice the time) for recall@12 0.99, one per dimension gets it with K_FACTOR 8; an 8-bit scalar
+    re-ranking lost 3 points of recall, float16 none. Built and queried in row blocks, each block's
+    pages released, so the embedding can stay in an `np.memmap` on disk: memory = the index (N x
+    (d/2 + 2d) bytes) + one block. Approximate: recall@k against exact search is measured by
+    `benchmarks/dedup_scale_bench.py`.
   - the paper's Hamming rule (paper mode): multi-index hashing (Norouzi et al., CVPR 2012) on the
     64-bit AHash, then the full rule (AHash < a, PHash < b) on every candidate. The 64 bits are cut
     into m substrings with radii t_i, sum(t_i + 1) > r = a - 1: by the pigeonhole principle every pair
@@ -24,12 +30,15 @@ from typing import Any
 import numpy as np
 
 from wbc.errors import ConfigError
+from wbc.spill import release_pages
 
 #: Search engines of `dedup.search`.
 SEARCHES = ("exact", "faiss")
 #: IVF defaults: nlist = NLIST_PER_SQRT * sqrt(N) lists, nprobe lists visited per query.
 NLIST_PER_SQRT = 1.0
-NPROBE = 32
+NPROBE = 16
+#: At most this many PQ sub-quantizers (one per dimension below it).
+MAX_PQ_M = 256
 #: Re-ranking: the K_FACTOR * k best by PQ code are re-scored on the exact vectors.
 K_FACTOR = 8
 #: Below this many database rows the IVF index is not worth it: FAISS flat (exact) search instead.
@@ -59,10 +68,11 @@ def check_search(search: str) -> str:
 
 def index_spec(n: int, d: int, nlist: int | None = None) -> str:
     """FAISS index_factory spec: IVF (nlist ~ sqrt(N) lists) over 4-bit fast-scan PQ codes (M = the
-    largest divisor of d up to d/2: 2-3 dims per sub-quantizer), re-ranked on the exact vectors (RFlat)."""
+    largest divisor of d up to MAX_PQ_M: one dimension per sub-quantizer for d <= MAX_PQ_M), re-ranked
+    on float16 copies of the vectors (Refine(SQfp16))."""
     nlist = nlist or max(1, int(NLIST_PER_SQRT * math.sqrt(n)))
-    m = max(x for x in range(1, d // 2 + 1) if d % x == 0) if d > 1 else 1
-    return f"IVF{nlist},PQ{m}x4fs,RFlat"
+    m = max(x for x in range(1, min(d, MAX_PQ_M) + 1) if d % x == 0)
+    return f"IVF{nlist},PQ{m}x4fs,Refine(SQfp16)"
 
 
 def build_ivf(emb: np.ndarray, nlist: int | None = None, block: int = 65536, train_rows: int = 100_000,
@@ -79,9 +89,13 @@ def build_ivf(emb: np.ndarray, nlist: int | None = None, block: int = 65536, tra
     else:
         index = faiss.index_factory(d, index_spec(n, d, nlist), faiss.METRIC_INNER_PRODUCT)
         rows = np.sort(np.random.default_rng(seed).choice(n, min(n, train_rows), replace=False))
-        index.train(np.ascontiguousarray(emb[rows], dtype=np.float32))
+        sample = np.ascontiguousarray(emb[rows], dtype=np.float32)
+        release_pages(emb)
+        index.train(sample)
+        del sample
     for start in range(0, n, block):
         index.add(np.ascontiguousarray(emb[start:start + block], dtype=np.float32))
+        release_pages(emb)
     return index
 
 
@@ -94,6 +108,7 @@ def search_knn(index: Any, queries: np.ndarray, k: int, nprobe: int = NPROBE, bl
     out = np.empty((len(queries), k), np.int64)
     for start in range(0, len(queries), block):
         _, ids = index.search(np.ascontiguousarray(queries[start:start + block], dtype=np.float32), k)
+        release_pages(queries)
         out[start:start + len(ids)] = ids
     return out
 

@@ -26,8 +26,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import multiprocessing as mp
+import tempfile
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import cv2
@@ -38,7 +40,7 @@ import scipy.fft
 from PIL import Image
 from tqdm import tqdm
 
-from wbc import ann
+from wbc import ann, spill
 from wbc.errors import ConfigError
 from wbc.parallel import n_workers
 
@@ -67,6 +69,11 @@ PAPER_DEFAULTS: dict[str, Any] = {"ahash_threshold": 11, "phash_threshold": 14}
 #: default) or "faiss" (wbc.ann: multi-index hashing for the hash rule, a FAISS index for the k-NN).
 SEARCH_DEFAULTS: dict[str, Any] = {"search": "exact"}
 MODES = ("verified", "paper")
+#: Images read and decoded per chunk: bounds the bytes in flight (a Pool's imap would read the whole
+#: input ahead of the workers).
+CHUNK = 4096
+#: From this many images on, the per-image arrays of `hash_images` are spilled to disk.
+SPILL_ROWS = 200_000
 #: scipy.fft threads of the verification (1 inside forked verification workers)
 _FFT_WORKERS = -1
 #: Feature parts each mode computes for every image ("paper" = hashes + sharpness, "verify" = thumbnails).
@@ -249,62 +256,93 @@ def _pool(nw: int):
 
 
 def hash_images(load_fn: Callable[[Any], bytes], keys: Sequence[Any], workers: int = 0,
-                desc: str = "dedup features", parts: Sequence[str] = ("paper", "verify")) -> Features:
+                desc: str = "dedup features", parts: Sequence[str] = ("paper", "verify"),
+                spill_dir: str | Path | None = None) -> Features:
     """Features of every key (`load_fn(key) -> bytes`), in parallel over `workers` processes.
 
     `parts`: "paper" (AHash, PHash: full decode; with "sharpness", the sharpness too) and/or "verify"
     (thumbnails, embedding: reduced decode); `PARTS[mode]` is what a mode needs for every image
     (`find_groups` adds the sharpness of the images in groups). Bytes are read in this process (memory-mapped store or
-    files) and decoded in the workers. Unreadable images go to `Features.errors` (key -> reason) and
-    are left out of the rows.
+    files), CHUNK images at a time, and decoded in the workers. Unreadable images go to `Features.errors`
+    (key -> reason) and are left out of the rows.
+
+    Memory stays bounded at any N: at most CHUNK images' bytes are in flight, and from SPILL_ROWS
+    images on (or whenever `spill_dir` is given) the per-image arrays (thumbnails, embedding) are
+    written to memory-mapped files in `spill_dir` (default: the system's temporary folder), whose
+    pages are handed back to the page cache after every chunk (`wbc.spill.release_pages`).
     """
     keys, parts = list(keys), tuple(sorted(set(parts)))
     if not set(parts) <= {"paper", "sharpness", "verify"} or not ({"paper", "verify"} & set(parts)) \
             or ("sharpness" in parts and "paper" not in parts):
         raise ConfigError(f"unknown feature parts {parts}; valid: paper, verify (+ sharpness with paper)")
     nw = min(n_workers(workers), max(1, len(keys) // 64))
-    items = _load_all(load_fn, keys, parts)
+    to_disk = spill_dir is not None or len(keys) >= SPILL_ROWS
+    sink = _Sink(len(keys), parts, (spill_dir or tempfile.gettempdir()) if to_disk else None)
     cv2_threads = cv2.getNumThreads()
     _one_cv2_thread()
     pool = _pool(nw) if nw > 1 else None
-    results = map(_work, items) if pool is None else pool.imap(_work, items, chunksize=32)
-    rows: list[tuple[Any, dict[str, Any]]] = []
     errors: dict[Any, str] = {}
     try:
-        for key, feat, err in tqdm(results, total=len(keys), desc=desc, disable=None, leave=False):
-            if feat is None:
-                errors[key] = err or "unreadable"
-            else:
-                rows.append((key, feat))
+        with tqdm(total=len(keys), desc=desc, disable=None, leave=False) as bar:
+            for start in range(0, len(keys), CHUNK):
+                items = list(_load_all(load_fn, keys[start:start + CHUNK], parts))
+                results = map(_work, items) if pool is None else pool.imap(_work, items, chunksize=32)
+                for key, feat, err in results:
+                    if feat is None:
+                        errors[key] = err or "unreadable"
+                    else:
+                        sink.add(key, feat)
+                    bar.update()
+                sink.release()
     finally:
         cv2.setNumThreads(cv2_threads)
         if pool is not None:
             pool.close()
             pool.join()
-    return _stack(rows, errors, parts, load_fn, workers)
+    return sink.features(errors, load_fn, workers)
 
 
-def _stack(rows: list[tuple[Any, dict[str, Any]]], errors: dict[Any, str], parts: tuple[str, ...],
-           loader: Callable[[Any], bytes] | None, workers: int) -> Features:
-    n = len(rows)
-    get = lambda name: [f[name] for _, f in rows]  # noqa: E731
-    paper, verify = "paper" in parts, "verify" in parts
-    return Features(
-        keys=[k for k, _ in rows],
-        sha256=np.array(get("sha256"), dtype=object).reshape(n),
-        ahash=np.array(get("ahash") if paper else [0] * n, dtype=np.uint64).reshape(n),
-        phash=np.array(get("phash") if paper else [0] * n, dtype=np.uint64).reshape(n),
-        sharpness=np.array(get("sharpness") if "sharpness" in parts else [np.nan] * n, dtype=np.float64).reshape(n),
-        has_paper=np.full(n, paper),
-        thumbs=_rows(get("thumbs") if verify else [], (len(ZOOMS), THUMB, THUMB), np.uint8),
-        coarse=_rows(get("coarse") if verify else [], (len(ZOOMS), COARSE, COARSE), np.uint8),
-        embed=_rows(get("embed") if verify else [], (EMB_DIM,), np.float32),
-        errors=errors, loader=loader, workers=workers,
-    )
+class _Sink:
+    """Feature rows of `hash_images`, written in arrival order into arrays preallocated for `n`
+    rows: in RAM, or memory-mapped in `folder` (the per-image arrays only: the scalars stay in RAM)."""
 
+    ARRAYS = {"thumbs": ((len(ZOOMS), THUMB, THUMB), np.uint8), "coarse": ((len(ZOOMS), COARSE, COARSE), np.uint8),
+              "embed": ((EMB_DIM,), np.float32)}
 
-def _rows(arrays: list[np.ndarray], shape: tuple[int, ...], dtype: type) -> np.ndarray:
-    return np.stack(arrays).astype(dtype, copy=False) if arrays else np.zeros((0, *shape), dtype)
+    def __init__(self, n: int, parts: tuple[str, ...], folder: str | Path | None):
+        self.parts, self.n, self.keys = parts, 0, []
+        self.sha = np.empty(n, dtype=object)
+        self.ahash, self.phash = np.zeros(n, np.uint64), np.zeros(n, np.uint64)
+        self.sharpness = np.full(n, np.nan)
+        rows = n if "verify" in parts else 0
+        alloc = (lambda name, shape, dt: np.zeros(shape, dt)) if folder is None else \
+            (lambda name, shape, dt: spill.zeros(folder, f"dedup-{name}", shape, dt))
+        self.arrays = {name: alloc(name, (rows, *shape), dt) for name, (shape, dt) in self.ARRAYS.items()}
+
+    def add(self, key: Any, feat: dict[str, Any]) -> None:
+        r = self.n
+        self.keys.append(key)
+        self.sha[r] = feat["sha256"]
+        if "paper" in self.parts:
+            self.ahash[r], self.phash[r] = feat["ahash"], feat["phash"]
+        if "sharpness" in self.parts:
+            self.sharpness[r] = feat["sharpness"]
+        if "verify" in self.parts:
+            for name, arr in self.arrays.items():
+                arr[r] = feat[name]
+        self.n += 1
+
+    def release(self) -> None:
+        for arr in self.arrays.values():
+            spill.release_pages(arr)
+
+    def features(self, errors: dict[Any, str], loader: Callable[[Any], bytes] | None, workers: int) -> Features:
+        n, verify = self.n, "verify" in self.parts
+        cut = {name: arr[:n] if verify else arr for name, arr in self.arrays.items()}
+        return Features(keys=self.keys, sha256=self.sha[:n].copy(), ahash=self.ahash[:n].copy(),
+                        phash=self.phash[:n].copy(), sharpness=self.sharpness[:n].copy(),
+                        has_paper=np.full(n, "paper" in self.parts), errors=errors, loader=loader, workers=workers,
+                        **cut)
 
 
 # --------------------------------------------------------------------------- candidate search
