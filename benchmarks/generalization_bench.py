@@ -126,6 +126,9 @@ def main() -> int:
     ap.add_argument("--external", action="append", required=True, metavar="NAME=PATH")
     ap.add_argument("--out", type=Path, default=Path("/tmp/gen_out"))
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--extra-seeds", type=int, nargs="*", default=[],
+                    help="train and evaluate the --extra-only settings again with these seeds too")
+    ap.add_argument("--extra-only", nargs="*", default=[], help="settings repeated with --extra-seeds")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--only", nargs="*", default=None, help="evaluation settings to run (default: all)")
     ap.add_argument("--threads", type=int, default=2)
@@ -138,23 +141,25 @@ def main() -> int:
     external = parse_specs({k: {"path": v} for k, _, v in (e.partition("=") for e in args.external)})
     train_params = {**load_params(args.run / "params.yaml")["train"], "threads": args.threads}
     runs = {"baseline (features)": svm_baseline(args, external)}
-    for name, (training, stain_norm, adapt) in EVALS.items():
-        if args.only is not None and name not in args.only:
-            continue
+    plan = [(name, args.seed) for name in EVALS if args.only is None or name in args.only]
+    plan += [(name, seed) for seed in args.extra_seeds for name in args.extra_only]
+    for name, seed in plan:
+        training, stain_norm, adapt = EVALS[name]
         crop, overrides = TRAININGS[training]
         packed = packed_dir(args.run, args.out, crop, args.size)
-        ckpt = args.out / "models" / f"resnet18-{training}.ckpt"
-        if training == "baseline" and args.baseline_ckpt and not ckpt.is_file():
+        tag = "" if seed == args.seed else f"-seed{seed}"  # the main seed keeps the plain names
+        ckpt = args.out / "models" / f"resnet18-{training}{tag}.ckpt"
+        if training == "baseline" and args.baseline_ckpt and not tag and not ckpt.is_file():
             adopt(args.baseline_ckpt, packed, ckpt)
         if not ckpt.is_file():
             t0 = time.time()
-            print(train_run("resnet18", args.seed, packed_dir=packed, features_dir=None, out=ckpt, log_dir=None,
+            print(train_run("resnet18", seed, packed_dir=packed, features_dir=None, out=ckpt, log_dir=None,
                             train_params={**train_params, **overrides}), f"({time.time() - t0:.0f} s)", flush=True)
-        dest = args.out / "evaluate" / f"resnet18-{name}"
+        dest = args.out / "evaluate" / f"resnet18-{name}{tag}"
         if not (dest / "metrics.json").is_file():
             evaluate_predictor(load_predictor(ckpt, stain_norm=stain_norm, adapt=adapt), packed, dest,
                                external=external, title=f"resnet18 {name}")
-        runs[name] = dest
+        runs[name + (f", seed {seed}" if tag else "")] = dest
         notes = args.notes.read_text(encoding="utf-8") if args.notes else ""
         frame = write_report(runs, args.report, args.report.with_suffix(".png"), notes=notes)  # partial runs count
         print(frame.pivot_table(index="label", columns="set", values=["accuracy", "macro_f1"], sort=False).round(1),

@@ -74,17 +74,19 @@ def rate(batches, limit: int) -> float:
 
 
 def ours(packed: Path, batch: int, workers: int, stain: bool = False):
-    """Our pipeline: packed mmap -> uint8 batch -> flips + rescale (+ stain augmentation) on uint8
-    tensors -> normalise."""
+    """Our pipeline: packed mmap -> uint8 batch (+ stain augmentation, in the loader workers when
+    there are) -> flips + rescale on uint8 tensors -> normalise."""
     ds = PackedSet(packed, "train")
     gen = torch.Generator().manual_seed(0)
     mean, std = torch.tensor(MEAN), torch.tensor(STD)
     fill = mean_colour(mean)
     scale = WIDE_SCALE if stain else (0.9, 1.1)
     sampler = torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(0))
-    for x, y in make_loader(ds, batch, sampler=sampler, workers=workers):  # as wbc.train.Trainer does
+    loader = make_loader(ds, batch, sampler=sampler, workers=workers,  # as wbc.train does: stain augmentation
+                         transform=stain_augment if stain else None)  # where the batch is read (the workers)
+    for x, y in loader:
         x = augment(x, gen, scale, fill=fill)
-        yield normalise(stain_augment(x, gen) if stain else x, mean, std), y
+        yield normalise(x, mean, std), y
 
 
 def _rot90(img: torch.Tensor) -> torch.Tensor:

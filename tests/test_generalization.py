@@ -25,6 +25,7 @@ from wbc.adapt import adabn, batchnorm_layers
 from wbc.augment import concentrations, stain_augment
 from wbc.cellcrop import CropSpec, cell_box, crop_square
 from wbc.cli import main
+from wbc.errors import ConfigError
 from wbc.evaluate import evaluate_predictor
 from wbc.external import class_folder, parse_specs
 from wbc.generalization import collect, setting_label, write_report
@@ -97,8 +98,51 @@ def test_stain_augment_without_jitter_is_the_identity(monkeypatch: pytest.Monkey
     for name in ("STAIN_SCALE", "STAIN_SHIFT", "BRIGHTNESS", "CONTRAST", "SATURATION", "HUE", "GAMMA"):
         monkeypatch.setattr(aug, name, 0.0)
     x = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (4, 3, 16, 16), dtype=np.uint8))
-    out = aug.colour_jitter(x, torch.Generator().manual_seed(0)).mul(255.0).round()
-    assert torch.equal(out, x.float())
+    out = aug.colour_jitter(x, torch.Generator().manual_seed(0))
+    assert out.dtype == torch.uint8 and torch.equal(out, x)
+
+
+def test_fused_colour_jitter_equals_the_step_by_step_transform() -> None:
+    """The fused uint8 path (log table, one exp, gamma table after quantisation) against the textbook
+    steps in float64: OD, stain map, back to RGB, colour matrix, contrast about the mean, gamma."""
+    import wbc.augment as aug
+
+    x = torch.from_numpy(np.random.default_rng(4).integers(30, 256, (6, 3, 20, 20), dtype=np.uint8))
+    got = aug.colour_jitter(x, torch.Generator().manual_seed(11)).double()
+    gen = torch.Generator().manual_seed(11)
+    a, c = aug._stain_maps(6, gen)
+    mats, contrast, gamma = aug._colour_maps(6, gen)
+    od = -torch.log((x.double().reshape(6, 3, -1) + 1) / 256)                     # (b, 3, p)
+    od2 = torch.einsum("bkp,bkj->bjp", od, a.double()) + c.double().unsqueeze(2)
+    rgb = (256 * torch.exp(-od2) - 1) / 255
+    rgb = mats.double() @ rgb
+    grey = rgb.mean(dim=(1, 2), keepdim=True)
+    rgb = contrast.double().view(6, 1, 1) * rgb + (1 - contrast.double().view(6, 1, 1)) * grey
+    want = (rgb.clamp(0, 1) ** gamma.double().view(6, 1, 1) * 255).round().reshape(x.shape)
+    diff = (got - want).abs()
+    assert diff.max() <= 2 and diff.mean() < 0.5, (diff.max(), diff.mean())
+    assert (want - x.double()).abs().mean() > 3  # the draws did change the colours
+
+
+def test_stain_augmented_training_is_the_same_with_loader_workers(tmp_path: Path) -> None:
+    """Stain augmentation runs in the DataLoader workers, seeded per batch in batch order: two
+    workers train exactly the model the main process alone trains."""
+    from wbc.train import PackedSet, TrainConfig, make_loader, train_model
+
+    packed = _packed(tmp_path / "packed", {"train": 12, "val": 4, "test": 4})
+    cv2.GaussianBlur(np.zeros((512, 512, 3), np.uint8), (0, 0), 3)  # OpenCV's threads started before the fork
+    states = []
+    for workers in (0, 2):
+        cfg = TrainConfig(seed=3, epochs=1, batch_size=4, stain_augment=True, threads=1, device="cpu", workers=workers)
+        res = train_model("resnet18", packed, cfg, tmp_path / f"w{workers}.ckpt")
+        states.append(torch.load(res.checkpoint, map_location="cpu", weights_only=True)["state_dict"])
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    ds = PackedSet(packed, "train")
+    plain = next(iter(make_loader(ds, 4)))[0]
+    jittered = next(iter(make_loader(ds, 4, transform=stain_augment, transform_seed=5)))[0]
+    again = next(iter(make_loader(ds, 4, transform=stain_augment, transform_seed=5, workers=1)))[0]
+    assert not torch.equal(plain, jittered) and torch.equal(jittered, again)
 
 
 def test_training_with_stain_augment_and_group_norm_round_trips(tmp_path: Path) -> None:
@@ -234,14 +278,15 @@ def _lab_zip(path: Path) -> Path:
 def test_external_folder_set_declared_in_params_is_packed_and_evaluated(tmp_path: Path) -> None:
     packed = _packed(tmp_path / "data" / "packed", {"train": 10, "val": 5, "test": 5})
     ckpt = _checkpoint(tmp_path / "models" / "m.ckpt", packed)
-    lab = _lab_zip(tmp_path / "lab.zip")
+    (tmp_path / "data" / "external").mkdir(parents=True)
+    _lab_zip(tmp_path / "data" / "external" / "lab.zip")
     params = {"evaluate": {"batch_size": 8, "adapt": "adabn", "stain_norm": "reinhard",
-                           "external": {"mylab": {"path": str(lab), "classes": {"baso": "basophil", "lym": "lymphocyte"}}}}}
+                           "external": {"mylab": {"path": "lab.zip", "classes": {"baso": "basophil", "lym": "lymphocyte"}}}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     subprocess.run([sys.executable, str(ROOT / "stages" / "evaluate.py"), "--model-file", str(ckpt), "--packed",
-                    str(packed), "--features", str(tmp_path / "none"), "--out", str(tmp_path / "ev")],
-                   cwd=tmp_path, check=True, env=env, capture_output=True)
+                    str(packed), "--features", str(tmp_path / "none"), "--out", str(tmp_path / "ev"),
+                    "--external-root", "data/external"], cwd=tmp_path, check=True, env=env, capture_output=True)
     res = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert res["mylab"]["n"] == 11 and res["test"]["n"] == 5
     assert res["mylab"]["external_folder"]["skipped"] == {"other folder": 1}
@@ -253,6 +298,15 @@ def test_external_folder_set_declared_in_params_is_packed_and_evaluated(tmp_path
     frame = write_report({"adapted": tmp_path / "ev"}, tmp_path / "gen.md", tmp_path / "gen.png")
     assert set(frame["set"]) == {"test", "mylab"} and (tmp_path / "gen.png").is_file()
     assert "| resnet18 | adapted |" in (tmp_path / "gen.md").read_text()
+
+
+def test_external_paths_outside_the_tracked_folder_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "data" / "external"
+    assert parse_specs({"a": {"path": "x/lab.zip"}}, root=root)["a"]["path"] == root / "x" / "lab.zip"
+    for outside in (str(tmp_path / "lab.zip"), "../lab.zip", "x/../../lab.zip"):
+        with pytest.raises(ConfigError, match="outside"):
+            parse_specs({"a": {"path": outside}}, root=root)
+    assert parse_specs({"a": {"path": "/abs/lab.zip"}})["a"]["path"] == Path("/abs/lab.zip")  # wbc evaluate: any path
 
 
 def test_evaluate_refuses_a_checkpoint_of_another_crop(tmp_path: Path) -> None:

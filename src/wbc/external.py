@@ -6,8 +6,12 @@ A lab evaluates a trained model on its own images through the pipeline by declar
     evaluate:
       external:
         mylab:
-          path: /abs/path/to/folder_or.zip     # <anything>/<class folder>/<image>
+          path: mylab.zip        # under data/external/ (path.external): <anything>/<class folder>/<image>
           classes: {baso: basophil, eos: eosinophil}   # optional: folder name -> label
+
+In the pipeline the paths are relative to `data/external/` (dvc.yaml `path.external`), a dependency
+of every evaluate stage: adding, changing or removing images there re-runs the evaluations. A path
+outside it is refused (DVC would not track it); `wbc evaluate --external NAME=PATH` takes any path.
 
 Without `classes`, class folders named like the labels (basophil, ...) are used as they are.
 `load_external(spec, predictor)` reads the images (`wbc.inputs`: archive limits, decompression-bomb
@@ -18,6 +22,7 @@ folders, and unreadable ones, are counted, not fatal.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -38,15 +43,29 @@ class ExternalSet:
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
 
 
-def parse_specs(section: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """Validate the params `evaluate.external` mapping -> {name: {"path": Path, "classes": {...}}}."""
+def parse_specs(section: Mapping[str, Any] | None, root: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """Validate the params `evaluate.external` mapping -> {name: {"path": Path, "classes": {...}}}.
+
+    With `root` (the pipeline's `path.external` folder, a dependency of the evaluate stages) relative
+    paths are relative to it, and a path outside it (absolute, or leaving it by `..`) is refused: DVC
+    would not see its images change. A file, folder or symbolic link placed under `root` (or a
+    `dvc import`) is tracked."""
     specs = {}
     for name, spec in (section or {}).items():
         if not isinstance(spec, Mapping) or not spec.get("path"):
             raise ConfigError(f"evaluate.external.{name}: needs a `path` (folder or zip of class folders)")
         if name in ("train", "val", "test"):
             raise ConfigError(f"evaluate.external.{name}: the name clashes with a packed set")
-        specs[str(name)] = {"path": Path(spec["path"]), "classes": dict(spec.get("classes") or {})}
+        path = Path(spec["path"])
+        if root is not None:
+            path = Path(root) / path
+            inside = os.path.commonpath([os.path.abspath(root), os.path.abspath(path)]) == os.path.abspath(root)
+            if not inside:
+                raise ConfigError(f"evaluate.external.{name}: {spec['path']} is outside {root}, which the evaluate "
+                                  f"stages depend on: DVC would not re-run them when its images change. Put the "
+                                  f"folder or zip (or a symbolic link to it, or a `dvc import`) under {root} and "
+                                  f"give its path relative to {root}")
+        specs[str(name)] = {"path": path, "classes": dict(spec.get("classes") or {})}
     return specs
 
 

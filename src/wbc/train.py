@@ -11,6 +11,10 @@ How it works
   ~0 after normalisation). Random draws come from a seeded CPU generator, so they do not depend
   on the device. The batch then travels as uint8 and becomes floats on the device: ImageNet
   normalisation (mean/std from meta.json) in one copy and two in-place passes.
+- With `stain_augment`, `wbc.augment.stain_augment` runs in the loader where the batch is read
+  (in the DataLoader workers, in parallel, when `workers` > 0), before the flips and zoom, with a
+  generator seeded per batch from a seed drawn in batch order (`SeededBatchSampler`): the same
+  images whatever the number of workers.
 - Class balancing (`balance`): `sampler` = WeightedRandomSampler (1/class count, seeded generator,
   one epoch = N draws with replacement), `loss` = CrossEntropy weighted N/(C*count), `none`.
 - SGD (momentum) or Adam, StepLR; the best epoch by validation macro-F1 (sklearn, average='macro';
@@ -29,7 +33,7 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -194,12 +198,62 @@ def balanced_sampler(labels: np.ndarray, num_classes: int, generator: torch.Gene
                                  replacement=True, generator=generator)
 
 
+class SeededBatch(list):
+    """A batch of dataset indices carrying the seed of its augmentation draws (pickled with it to
+    the DataLoader workers)."""
+
+    def __init__(self, indices: Any, seed: int):
+        super().__init__(indices)
+        self.seed = seed
+
+
+class SeededBatchSampler(BatchSampler):
+    """BatchSampler whose batches carry a seed drawn, in batch order, from `generator` (in the main
+    process): a batch transform seeded by it draws the same numbers whichever worker runs it, so the
+    results do not depend on the number of workers."""
+
+    def __init__(self, sampler: Any, batch_size: int, drop_last: bool, generator: torch.Generator):
+        super().__init__(sampler, batch_size, drop_last)
+        self.generator = generator
+
+    def __iter__(self) -> Any:
+        for batch in super().__iter__():
+            yield SeededBatch(batch, int(torch.randint(0, 2**62, (), generator=self.generator)))
+
+
+class _TransformedSet(Dataset):
+    """A packed set whose batches go through `transform(x_uint8, generator)` where they are read (in
+    the DataLoader workers when there are workers), seeded by the batch's own seed."""
+
+    def __init__(self, dataset: PackedSet, transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor]):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: SeededBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.dataset[index]
+        return self.transform(x, torch.Generator().manual_seed(index.seed)), y
+
+
 def make_loader(dataset: PackedSet, batch_size: int, *, sampler: Any = None, workers: int = 0,
-                drop_last: bool = False, pin_memory: bool = False) -> DataLoader:
-    """DataLoader yielding whole batches read with one fancy index into the memory map."""
+                drop_last: bool = False, pin_memory: bool = False,
+                transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+                transform_seed: int = 0) -> DataLoader:
+    """DataLoader yielding whole batches read with one fancy index into the memory map.
+
+    `transform(x, generator)`: a batch augmentation run where the batch is read (in the workers, in
+    parallel, when `workers` > 0), with a generator seeded per batch from `transform_seed` in batch
+    order (`SeededBatchSampler`): the same images whatever the number of workers.
+    """
     sampler = sampler if sampler is not None else SequentialSampler(dataset)
-    return DataLoader(dataset, batch_size=None, sampler=BatchSampler(sampler, batch_size, drop_last),
-                      num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
+    if transform is None:
+        batches, data = BatchSampler(sampler, batch_size, drop_last), dataset
+    else:
+        batches = SeededBatchSampler(sampler, batch_size, drop_last, torch.Generator().manual_seed(transform_seed))
+        data = _TransformedSet(dataset, transform)
+    return DataLoader(data, batch_size=None, sampler=batches, num_workers=workers, pin_memory=pin_memory,
+                      persistent_workers=workers > 0)
 
 
 # ----------------------------------------------------------------------------- tensors
@@ -359,8 +413,6 @@ class Trainer:
             y = y.to(self.device, non_blocking=True)
             if self.cfg.augment:  # on the uint8 CPU batch: 4x less data to resize and to transfer
                 x = augment(x, self.aug_gen, self.scale, fill=self.fill)
-            if self.cfg.stain_augment:  # same generator: seeded, deterministic
-                x = stain_augment(x, self.aug_gen)
             x = self._inputs(x)
             self.optimizer.zero_grad(set_to_none=True)
             with self._autocast():
@@ -464,8 +516,10 @@ def _train(model_name: str, cfg: TrainConfig, out: str | Path, log_dir: str | Pa
     sampler = (balanced_sampler(train_set.labels, num_classes, gen) if cfg.balance == "sampler"
                else RandomSampler(train_set, generator=gen))
     pin = device.type == "cuda"
+    # stain augmentation runs in the loader (the workers, when there are), seeded per batch
     train_loader = make_loader(train_set, cfg.batch_size, sampler=distributed.shard(sampler, ddp), workers=cfg.workers,
-                               pin_memory=pin)
+                               pin_memory=pin, transform=stain_augment if cfg.stain_augment else None,
+                               transform_seed=cfg.seed + 2)
     val_loader = make_loader(val_set, max(64, cfg.batch_size), workers=cfg.workers, pin_memory=pin)
 
     live = _open_live(distributed.main_only(ddp, log_dir))
