@@ -200,9 +200,16 @@ def run_features(n: int, method: str, workers: int) -> dict:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory so far of this process and of its finished children (forked workers)."""
-    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    """Peak resident memory so far of this process (VmHWM: its own high-water mark; getrusage's
+    ru_maxrss would keep the peak of the process that started it, Linux carries it across exec) and
+    of its finished forked workers."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                own = int(line.split()[1])
+    return max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -272,13 +279,17 @@ def main() -> None:
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--method", help=argparse.SUPPRESS)
+    ap.add_argument("--make-data", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker(args)
+    if args.make_data:
+        return make_data(args.n, Path(args.make_data))
     rows = []
     for n in args.sizes:
         with tempfile.TemporaryDirectory(prefix="dedup-scale-") as tmp:
-            make_data(n, Path(tmp))
+            # in a subprocess: this driver stays small, and so does the peak RSS its children inherit
+            subprocess.run([sys.executable, __file__, "--make-data", tmp, "--n", str(n)], check=True, cwd=ROOT)
             for method in args.methods:
                 rows.append((n, method, measure(n, Path(tmp), method, args)))
     for n in args.feature_sizes:

@@ -127,6 +127,11 @@ def test_spilled_features_in_chunks_equal_in_memory_features(drawn, tmp_path, mo
     for name in ("sha256", "ahash", "phash", "has_paper"):
         np.testing.assert_array_equal(getattr(spilled, name), getattr(f, name))
     assert not list(tmp_path.iterdir())  # the spill files are unlinked: they live as long as the mapping
+    std = dedup.standardise(spilled.embed)  # block by block, spilled as well
+    assert isinstance(std, np.memmap)
+    np.testing.assert_allclose(std, dedup.standardise(f.embed), atol=2e-5)
+    both = dedup.standardise(spilled.embed[:5], (spilled.embed[:5], spilled.embed[5:]))
+    np.testing.assert_allclose(both, dedup.standardise(f.embed[:5], np.asarray(f.embed)), atol=2e-5)
     for mode in dedup.MODES:
         a, b = dedup.find_groups(spilled, mode), dedup.find_groups(f, mode)
         assert (a.group == b.group).all() and (a.keep == b.keep).all()

@@ -1,7 +1,8 @@
 """Stain and colour augmentation of uint8 image batches (params `train.stain_augment`).
 
-Called by `wbc.train.Trainer` on the uint8 CPU batch after the flips and zoom of `wbc.train.augment`;
-every draw comes from the trainer's seeded CPU generator, so a seed gives the same images.
+Run by the training loader where each uint8 batch is read (`wbc.train.make_loader(transform=...)`,
+in the DataLoader workers when there are), before the flips and zoom of `wbc.train.augment`; every
+draw comes from a generator seeded per batch from the training seed, so a seed gives the same images.
 `stain_augment(x, generator)` applies, per image:
 
 1. stain jitter in haematoxylin-eosin optical-density space (Ruifrok & Johnston 2001 colour

@@ -187,11 +187,35 @@ def _embedding(rgb: np.ndarray) -> np.ndarray:
     return np.sqrt(low).ravel().astype(np.float32)
 
 
-def standardise(emb: np.ndarray, ref: np.ndarray | None = None) -> np.ndarray:
-    """Embeddings standardised per dimension (statistics of `ref`, default `emb`) and L2-normalised."""
-    ref = emb if ref is None else ref
-    x = (emb - ref.mean(axis=0)) / (ref.std(axis=0) + 1e-6)
-    return (x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-9)).astype(np.float32)
+def standardise(emb: np.ndarray, ref: np.ndarray | Sequence[np.ndarray] | None = None,
+                block: int = 65536) -> np.ndarray:
+    """Embeddings standardised per dimension (statistics of `ref`, default `emb`; a sequence of
+    arrays counts as their concatenation) and L2-normalised.
+
+    In-memory arrays: one vectorised pass. Memory-mapped (spilled) ones: the statistics (float64
+    sums) and the output are computed block by block and the output is spilled too, so memory stays
+    bounded at a million images."""
+    refs = [emb] if ref is None else (list(ref) if isinstance(ref, (list, tuple)) else [ref])
+    if not any(isinstance(a, np.memmap) for a in (emb, *refs)):
+        r = refs[0] if len(refs) == 1 else np.concatenate(refs)
+        x = (emb - r.mean(axis=0)) / (r.std(axis=0) + 1e-6)
+        return (x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-9)).astype(np.float32)
+    d = emb.shape[1]
+    n, s1, s2 = 0, np.zeros(d), np.zeros(d)
+    for a in refs:
+        for start in range(0, len(a), block):
+            b = np.asarray(a[start:start + block], dtype=np.float64)
+            n, s1, s2 = n + len(b), s1 + b.sum(axis=0), s2 + (b * b).sum(axis=0)
+            spill.release_pages(a)
+    mean = s1 / max(n, 1)
+    std = np.sqrt(np.maximum(s2 / max(n, 1) - mean * mean, 0.0))
+    out = spill.zeros(tempfile.gettempdir(), "dedup-embedding", emb.shape, np.float32)
+    for start in range(0, len(emb), block):
+        x = (np.asarray(emb[start:start + block], dtype=np.float64) - mean) / (std + 1e-6)
+        out[start:start + len(x)] = x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-9)
+        spill.release_pages(emb)
+        spill.release_pages(out)
+    return out
 
 
 def paper_features(data: bytes, with_sharpness: bool = True) -> dict[str, Any]:
@@ -691,7 +715,7 @@ def candidate_pairs(f: Features, mode: str, p: dict[str, Any], other: Features |
             i, j = knn(standardise(f.embed), int(p["knn"]))
         else:
             other.require_verify()
-            ref = np.concatenate([f.embed, other.embed])
+            ref = (f.embed, other.embed)
             i, j = knn(standardise(f.embed, ref), int(p["knn"]), standardise(other.embed, ref))
     ei, ej = exact_pairs(f.sha256, None if other is None else other.sha256)
     cand = pd.DataFrame({"i": i, "j": j, "candidate": True})
