@@ -19,12 +19,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     for flag in ("--model-file", "--packed", "--features", "--out"):
         parser.add_argument(flag, required=True)
+    parser.add_argument("--external-root", default=None,
+                        help="folder the evaluate.external paths are relative to (a dependency of the stage)")
     args = parser.parse_args()
     ev = load_params().get("evaluate", {}) or {}
     predictor = load_predictor(args.model_file, device=select_device("auto"),
                                stain_norm=ev.get("stain_norm", "none"), adapt=ev.get("adapt", "none"))
     result = evaluate_predictor(predictor, args.packed, args.out, features_dir=args.features,
-                                batch_size=int(ev.get("batch_size", 64)), external=parse_specs(ev.get("external")))
+                                batch_size=int(ev.get("batch_size", 64)), external=parse_specs(ev.get("external"), root=args.external_root))
     scores = "; ".join(f"{s} accuracy {m['accuracy']}, macro-F1 {m['macro_f1']}"
                        for s, m in result.items() if isinstance(m, dict) and "accuracy" in m)
     print(f"evaluate: {args.model_file} ({predictor.model_name}): {scores} -> {args.out}")
