@@ -21,8 +21,8 @@ folders, and unreadable ones, are counted, not fatal.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
