@@ -334,7 +334,7 @@ class _Sink:
               "embed": ((EMB_DIM,), np.float32)}
 
     def __init__(self, n: int, parts: tuple[str, ...], folder: str | Path | None):
-        self.parts, self.n, self.keys = parts, 0, []
+        self.parts, self.keys = parts, []
         self.sha = np.empty(n, dtype=object)
         self.ahash, self.phash = np.zeros(n, np.uint64), np.zeros(n, np.uint64)
         self.sharpness = np.full(n, np.nan)
@@ -344,7 +344,7 @@ class _Sink:
         self.arrays = {name: alloc(name, (rows, *shape), dt) for name, (shape, dt) in self.ARRAYS.items()}
 
     def add(self, key: Any, feat: dict[str, Any]) -> None:
-        r = self.n
+        r = len(self.keys)
         self.keys.append(key)
         self.sha[r] = feat["sha256"]
         if "paper" in self.parts:
@@ -354,14 +354,13 @@ class _Sink:
         if "verify" in self.parts:
             for name, arr in self.arrays.items():
                 arr[r] = feat[name]
-        self.n += 1
 
     def release(self) -> None:
         for arr in self.arrays.values():
             spill.release_pages(arr)
 
     def features(self, errors: dict[Any, str], loader: Callable[[Any], bytes] | None, workers: int) -> Features:
-        n, verify = self.n, "verify" in self.parts
+        n, verify = len(self.keys), "verify" in self.parts
         cut = {name: arr[:n] if verify else arr for name, arr in self.arrays.items()}
         return Features(keys=self.keys, sha256=self.sha[:n].copy(), ahash=self.ahash[:n].copy(),
                         phash=self.phash[:n].copy(), sharpness=self.sharpness[:n].copy(),
