@@ -43,6 +43,8 @@ TRAININGS = {
     "cell+stain+group": ("cell", {"stain_augment": True, "norm": "group"}),
     # 3x the run's 4 epochs, the learning rate divided by 10 for the last 4 (StepLR)
     "cell+stain+long": ("cell", {"stain_augment": True, "epochs": 12, "step_size": 8}),
+    # the same recipe on crops scaled by the red cells (wbc.redcells): the cell keeps its size
+    "rbc+stain+long": ("rbc", {"stain_augment": True, "epochs": 12, "step_size": 8}),
 }
 #: Evaluation settings: name -> (training, stain_norm, adapt), in the order they are run (the
 #: test-time levers on the baseline model first: they cost no training).
@@ -60,6 +62,11 @@ EVALS = {
     "crop=cell + stain_augment, 12 epochs": ("cell+stain+long", "none", "none"),
     "crop=cell + stain_augment + adabn, 12 epochs": ("cell+stain+long", "none", "adabn"),
     "crop=cell + stain_augment + reinhard + adabn, 12 epochs": ("cell+stain+long", "reinhard", "adabn"),
+    "crop=cell + stain_augment + reinhard, 12 epochs": ("cell+stain+long", "reinhard", "none"),
+    "crop=rbc + stain_augment, 12 epochs": ("rbc+stain+long", "none", "none"),
+    "crop=rbc + stain_augment + adabn, 12 epochs": ("rbc+stain+long", "none", "adabn"),
+    "crop=rbc + stain_augment + reinhard, 12 epochs": ("rbc+stain+long", "reinhard", "none"),
+    "crop=rbc + stain_augment + reinhard + adabn, 12 epochs": ("rbc+stain+long", "reinhard", "adabn"),
 }
 
 
@@ -101,7 +108,7 @@ def packed_dir(run: Path, out: Path, crop: str, size: int) -> Path:
     frame = pd.read_csv(run / "data/processed/splits.csv", dtype={"index": "int64"})
     assignment = Assignment(frame, "stratified", 42, 0, 0)
     t0 = time.time()
-    meta = pack(assignment, kept, run / "data/interim/store", dest, size, workers=1, crop=CropSpec(crop))
+    meta = pack(assignment, kept, run / "data/interim/store", dest, size, workers=2, crop=CropSpec(crop))
     print(f"packed {crop}: {meta['sets']} fallback {meta['cell_fallback']} in {time.time() - t0:.0f} s", flush=True)
     return dest
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from wbc import split
+from wbc.cellcrop import DEFAULT_SPAN
 from wbc.params import load_params, run_stage
 
 KEPT = Path("data/interim/kept.csv")
@@ -27,6 +28,7 @@ def main() -> int:
         image_size=sp.get("image_size", 64), profile=params["data"]["profile"],
         dedup_params=dedup, workers=dedup.get("workers", 0),
         crop=sp.get("crop", "centre"), cell_fraction=sp.get("cell_fraction", 0.6),
+        rbc_span=sp.get("rbc_span", DEFAULT_SPAN),
     )
     totals = ", ".join(f"{name} {n:,}" for name, n in summary["totals"].items())
     print(f"split: {summary['images']:,} images: {totals}; "

@@ -375,3 +375,27 @@ def test_cell_crop_finds_the_cell_in_real_images(which: str, pbc_zip: Path, shar
             fractions.append(box[2] / 128)
     assert found >= 0.9 * len(images)
     assert abs(float(np.median(fractions)) - 0.6) < 0.1, fractions
+
+
+def test_adabn_adapts_other_labs_sets_and_keeps_the_in_domain_test_split(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """AdaBN is a step for a new lab: the packed external set (another camera) and a declared lab get
+    their own statistics; the in-domain test split is predicted as trained (same as adapt none)."""
+    packed = _packed(tmp_path / "packed", {"train": 10, "val": 5, "test": 7, "camb": 6})
+    meta = json.loads((packed / "meta.json").read_text())
+    (packed / "meta.json").write_text(json.dumps({**meta, "external": ["camb"]}))
+    ckpt = _checkpoint(tmp_path / "m.ckpt", packed)
+    lab = {"mylab": {"path": _lab_zip(tmp_path / "lab.zip"), "classes": {"baso": "basophil", "lym": "lymphocyte"}}}
+    seen = []
+    original = type(load_predictor(ckpt)).adapted
+
+    def spy(self, x, batch_size=64):
+        seen.append(len(x))
+        return original(self, x, batch_size=batch_size)
+
+    monkeypatch.setattr(type(load_predictor(ckpt)), "adapted", spy)
+    adapted = evaluate_predictor(load_predictor(ckpt, adapt="adabn"), packed, tmp_path / "a", external=lab)
+    assert seen == [6, 11]                       # camb, then mylab; never the 7 test images
+    plain = evaluate_predictor(load_predictor(ckpt), packed, tmp_path / "p", external=lab)
+    assert adapted["test"]["confusion_matrix"] == plain["test"]["confusion_matrix"]
+    assert adapted["setting"]["adapt"] == "adabn"

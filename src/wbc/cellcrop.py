@@ -10,6 +10,12 @@ function that turns a decoded image into the model's uint8 (3, S, S) input, at p
 - `crop="cell"`: find the white cell (`cell_box`), take the square centred on it whose side is
   the cell's side / `fraction`, pad it with the background colour where it leaves the image, and
   resize. When no cell is found the centre square is used and the caller counts the fallback.
+- `crop="rbc"`: the square centred on the white cell whose side is `span` red-cell diameters
+  (`wbc.redcells`): every lab's image arrives at the same number of pixels per red cell, so the
+  white cell keeps its size relative to the red cells (lymphocyte about one red cell, monocyte two
+  or more), which the `cell` crop normalises away. Where the red cells cannot be measured (fewer
+  than `wbc.redcells.MIN_RED_CELLS`, e.g. a crop filled by the white cell) the `cell` crop is used,
+  and where no cell is found the centre square; both are counted as fallbacks.
 
 `cell_box`: the nucleus of `wbc.segment.segment` (Tavakoli et al.; found on a copy at most
 `WORK_SIDE` px a side), its convex hull, grown by `CELL_MARGIN` of the hull's side on every side
@@ -25,12 +31,16 @@ import numpy as np
 from PIL import Image
 
 from wbc.errors import ConfigError
+from wbc.redcells import red_cell_diameter
 from wbc.segment import segment
 
 #: The crop modes (params `split.crop`).
-CROPS = ("centre", "cell")
+CROPS = ("centre", "cell", "rbc")
 #: Default fraction of the crop side the cell spans (params `split.cell_fraction`).
 DEFAULT_FRACTION = 0.6
+#: Default side of an `rbc` crop in red-cell diameters (params `split.rbc_span`): a large monocyte
+#: (about 2.5 red cells) nearly fills it, a small lymphocyte spans about 40 % of it.
+DEFAULT_SPAN = 2.5
 #: The nucleus is searched on a copy whose shorter side is at most this many pixels (speed).
 WORK_SIDE = 256
 #: The cell = the nucleus hull's bounding box grown by this fraction of its side on each side.
@@ -41,26 +51,34 @@ MIN_CELL_SIDE = 0.04
 
 @dataclass(frozen=True)
 class CropSpec:
-    """How images become model inputs: `mode` (centre | cell) and the cell's `fraction` of the side."""
+    """How images become model inputs: `mode` (centre | cell | rbc), the cell's `fraction` of the side
+    (`cell`, and `rbc`'s fallback) and the side in red-cell diameters (`span`, `rbc`)."""
 
     mode: str = "centre"
     fraction: float = DEFAULT_FRACTION
+    span: float = DEFAULT_SPAN
 
     def __post_init__(self) -> None:
         if self.mode not in CROPS:
             raise ConfigError(f"crop must be one of {', '.join(CROPS)}; got {self.mode!r}")
         if not 0.05 <= float(self.fraction) <= 1.0:
             raise ConfigError(f"cell_fraction must be in [0.05, 1]; got {self.fraction!r}")
+        if not 1.0 <= float(self.span) <= 10.0:
+            raise ConfigError(f"rbc_span must be in [1, 10] red-cell diameters; got {self.span!r}")
 
     @classmethod
     def from_meta(cls, meta: dict | None) -> "CropSpec":
-        """From a packed meta.json / checkpoint params (`crop`, `cell_fraction`); centre when absent."""
+        """From a packed meta.json / checkpoint params (`crop`, `cell_fraction`, `rbc_span`); centre
+        when absent."""
         meta = meta or {}
-        return cls(str(meta.get("crop") or "centre"), float(meta.get("cell_fraction") or DEFAULT_FRACTION))
+        return cls(str(meta.get("crop") or "centre"), float(meta.get("cell_fraction") or DEFAULT_FRACTION),
+                   float(meta.get("rbc_span") or DEFAULT_SPAN))
 
     def to_dict(self) -> dict:
-        """`{"crop": mode, "cell_fraction": fraction}` (meta.json, checkpoint params)."""
-        return {"crop": self.mode, "cell_fraction": float(self.fraction)}
+        """`{"crop": mode, "cell_fraction": fraction}` (+ `"rbc_span"` for `rbc` crops; meta.json,
+        checkpoint params)."""
+        spec = {"crop": self.mode, "cell_fraction": float(self.fraction)}
+        return {**spec, "rbc_span": float(self.span)} if self.mode == "rbc" else spec
 
 
 def cell_box(rgb: np.ndarray) -> tuple[float, float, float] | None:
@@ -101,17 +119,23 @@ def crop_square(img: Image.Image, size: int, spec: CropSpec = CropSpec()) -> tup
     """uint8 (3, size, size) model input of a PIL image and whether a cell was found.
 
     `centre` crops always report True (nothing to find). A `cell` crop whose cell is not found falls
-    back to the centre square and reports False.
+    back to the centre square and reports False; so does an `rbc` crop whose cell is not found, or
+    (falling back to the `cell` crop) whose red cells cannot be measured.
     """
     img = img.convert("RGB")
     found = True
-    if spec.mode == "cell":
+    if spec.mode in ("cell", "rbc"):
         rgb = np.asarray(img)
         box = cell_box(rgb)
         found = box is not None
         if found:
             cx, cy, side = box
-            square = _square(rgb, cx, cy, side / float(spec.fraction))
+            crop_side = side / float(spec.fraction)
+            if spec.mode == "rbc":
+                diameter = red_cell_diameter(rgb, exclude=box)
+                found = diameter is not None
+                crop_side = spec.span * diameter if found else crop_side
+            square = _square(rgb, cx, cy, crop_side)
             img = Image.fromarray(np.ascontiguousarray(square))
     w, h = img.size
     side = min(w, h)

@@ -8,9 +8,13 @@ This is the `evaluate` stage of one (model, seed) instance and `wbc evaluate`.
 
 Generalization (issue 15): the sets declared in `evaluate.external` (`wbc.external`: any folder or
 zip of class folders, prepared with the model's own crop) are evaluated after the packed ones; with
-a predictor loaded with `adapt="adabn"` each set gets its own BatchNorm statistics, estimated on
-its own (unlabelled) inputs (`wbc.adapt`); `metrics.json` records the model's `setting` (crop, norm,
-stain augmentation, stain normalisation, adaptation) for the generalization report.
+a predictor loaded with `adapt="adabn"` each set from another lab or camera (every set but the
+in-domain `test` split: the packed external sets and the declared ones) gets its own BatchNorm
+statistics, estimated on its own (unlabelled) inputs (`wbc.adapt`). The in-domain test split is
+predicted with the statistics the model was trained with: it comes from the training lab, whose
+statistics the model already holds (AdaBN is a deployment step for a new lab, as in `wbc predict
+--adapt` on that lab's folder). `metrics.json` records the model's `setting` (crop, norm, stain
+augmentation, stain normalisation, adaptation) for the generalization report.
 """
 from __future__ import annotations
 
@@ -50,11 +54,15 @@ def check_compatible(meta: Mapping[str, Any], packed_meta: Mapping[str, Any], na
                           f"{CropSpec.from_meta(packed_meta).to_dict()}; re-run the training stages")
 
 
+#: The in-domain set: images of the training labs, predicted without test-time adaptation.
+IN_DOMAIN = "test"
+
+
 def _score(predictor: Predictor, x: np.ndarray, y: np.ndarray, classes: list[str], batch_size: int,
-           desc: str) -> dict[str, Any]:
-    """Metrics of one set (the predictor adapted to the set's own inputs first when asked); the
-    predictions ride along under `_pred`."""
-    model = predictor.adapted(x, batch_size=batch_size)
+           desc: str, adapt: bool = True) -> dict[str, Any]:
+    """Metrics of one set (the predictor adapted to the set's own inputs first when asked and
+    `adapt`); the predictions ride along under `_pred`."""
+    model = predictor.adapted(x, batch_size=batch_size) if adapt else predictor
     y_pred = model.predict(x, batch_size=batch_size, desc=desc).argmax(axis=1)
     return {**classification_metrics(y, y_pred, classes), "_pred": y_pred}
 
@@ -86,7 +94,7 @@ def evaluate_predictor(predictor: Predictor, packed_dir: str | Path, out_dir: st
     for set_name in evaluation_sets(packed_meta):
         x = predictor.set_inputs(set_name, packed_dir, features_dir)
         y = np.load(packed_dir / f"{set_name}_y.npy")
-        metrics = _score(predictor, x, y, classes, batch_size, f"{title} {set_name}")
+        metrics = _score(predictor, x, y, classes, batch_size, f"{title} {set_name}", adapt=set_name != IN_DOMAIN)
         if predictor.kind == "features":
             metrics["degenerate_cells"] = degenerate_counts(features_dir, set_name)
         write_set_outputs(out_dir, set_name, y, metrics.pop("_pred"), classes, metrics,

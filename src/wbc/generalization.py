@@ -32,6 +32,8 @@ def setting_label(setting: Mapping[str, Any] | None) -> str:
             parts.append(key if value is True else f"{key}={value}")
     if (setting or {}).get("crop") == "cell":
         parts[0] = f"crop=cell {float(setting.get('cell_fraction', 0.6)):g}"
+    elif (setting or {}).get("crop") == "rbc":
+        parts[0] = f"crop=rbc {float(setting.get('rbc_span', 2.5)):g}"
     return " + ".join(parts) or "baseline"
 
 

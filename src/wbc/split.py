@@ -33,7 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from wbc import LABELS
-from wbc.cellcrop import CropSpec, crop_square
+from wbc.cellcrop import DEFAULT_SPAN, CropSpec, crop_square
 from wbc.errors import ConfigError, WbcError
 from wbc.stainnorm import lab_target
 
@@ -530,13 +530,14 @@ def run_split(
     audit: Callable[..., pd.DataFrame] | None = None,
     crop: str = "centre",
     cell_fraction: float = 0.6,
+    rbc_span: float = DEFAULT_SPAN,
 ) -> dict[str, Any]:
     """Split, audit, pack and report; returns the summary (also written to summary.json).
 
-    `val`/`test` None -> the profile's defaults (`wbc.sources.profile_split`). `crop`/`cell_fraction`:
-    `wbc.cellcrop` (the summary's `crop` counts the images whose cell was not found, per set).
+    `val`/`test` None -> the profile's defaults (`wbc.sources.profile_split`). `crop`/`cell_fraction`/
+    `rbc_span`: `wbc.cellcrop` (the summary's `crop` counts the images whose crop fell back, per set).
     """
-    spec = CropSpec(crop, cell_fraction)
+    spec = CropSpec(crop, cell_fraction, rbc_span)
     defaults = profile_split_defaults(profile) if val is None or test is None else {}
     val = defaults.get("val", DEFAULT_FRACTION) if val is None else val
     test = defaults.get("test", DEFAULT_FRACTION) if test is None else test

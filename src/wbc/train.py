@@ -458,8 +458,9 @@ class Trainer:
 
 def input_params(meta: dict[str, Any]) -> dict[str, Any]:
     """What a checkpoint must know to prepare inputs as the packed data was: the crop (`crop`,
-    `cell_fraction`, wbc.cellcrop) and the training set's Lab statistics (`lab_target`, wbc.stainnorm)."""
-    keys = ("crop", "cell_fraction", "lab_target")
+    `cell_fraction`, `rbc_span`, wbc.cellcrop) and the training set's Lab statistics (`lab_target`,
+    wbc.stainnorm)."""
+    keys = ("crop", "cell_fraction", "rbc_span", "lab_target")
     return {k: meta[k] for k in keys if k in meta}
 
 

@@ -47,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"unreadable: {row.path}: {row.error}", file=sys.stderr)
     read = len(frame) - len(bad)
     print(f"{read} image(s) predicted, {len(bad)} unreadable (listed in the `error` column) -> {out}")
-    if getattr(predictor, "crop", None) is not None and predictor.crop.mode == "cell":
-        print(f"cell crop: no cell found in {frame.attrs['cell_crop_fallback']} image(s): centre crop used")
+    if getattr(predictor, "crop", None) is not None and predictor.crop.mode != "centre":
+        print(f"{predictor.crop.mode} crop: fell back in {frame.attrs['cell_crop_fallback']} image(s) "
+              "(no cell found: centre crop; no red cells measured: cell crop)")
     if read == 0:
         print("wbc predict: error: no image could be read", file=sys.stderr)
         return 1

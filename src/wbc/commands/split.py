@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from wbc import split
+from wbc.cellcrop import CROPS, DEFAULT_FRACTION, DEFAULT_SPAN
 
 HELP = "split kept images (dedup output) into train/val/test (+ external sets), audit leakage, pack tensors"
 
@@ -26,10 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=42, help="split seed (default: %(default)s)")
     parser.add_argument("--image-size", type=int, default=64, help="packed image side in px (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=0, help="decoding processes, 0 = all cores")
-    parser.add_argument("--crop", choices=("centre", "cell"), default="centre",
-                        help="centre square, or a square centred on the white cell (wbc.cellcrop; default: %(default)s)")
-    parser.add_argument("--cell-fraction", type=float, default=0.6,
+    parser.add_argument("--crop", choices=CROPS, default="centre",
+                        help="centre square, a square centred on the white cell (cell), or centred on it and "
+                             "scaled by the red cells (rbc; wbc.cellcrop; default: %(default)s)")
+    parser.add_argument("--cell-fraction", type=float, default=DEFAULT_FRACTION,
                         help="--crop cell: the cell spans this fraction of the crop side (default: %(default)s)")
+    parser.add_argument("--rbc-span", type=float, default=DEFAULT_SPAN,
+                        help="--crop rbc: the crop side in red-cell diameters (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,13 +45,14 @@ def run(args: argparse.Namespace) -> int:
         mode=args.mode, val=split.parse_size_arg(args.val), test=split.parse_size_arg(args.test),
         seed=args.seed, image_size=args.image_size, profile=args.profile,
         dedup_params={"workers": args.workers}, workers=args.workers,
-        crop=args.crop, cell_fraction=args.cell_fraction,
+        crop=args.crop, cell_fraction=args.cell_fraction, rbc_span=args.rbc_span,
     )
     totals = ", ".join(f"{name} {n:,}" for name, n in summary["totals"].items())
     print(f"{summary['images']:,} images ({summary['mode']}, seed {summary['seed']}): {totals}")
     print(f"leakage audit: {summary['audit']['cross_split_duplicates']} duplicate pair(s) across sets")
-    if args.crop == "cell":
-        print(f"cell crop: no cell found (centre crop used) per set: {summary['crop']['fallback']}")
+    if args.crop != "centre":
+        print(f"{args.crop} crop: fallbacks per set (no cell: centre crop; no red cells: cell crop): "
+              f"{summary['crop']['fallback']}")
     warning = split.leakage_warning(summary)
     if warning:
         print(f"wbc split: warning: {warning}", file=sys.stderr)
