@@ -46,27 +46,30 @@ TRAININGS = {
     # the same recipe on crops scaled by the red cells (wbc.redcells): the cell keeps its size
     "rbc+stain+long": ("rbc", {"stain_augment": True, "epochs": 12, "step_size": 8}),
 }
-#: Evaluation settings: name -> (training, stain_norm, adapt), in the order they are run (the
+#: Evaluation settings: name -> (training, stain_norm, adapt, tta), in the order they are run (the
 #: test-time levers on the baseline model first: they cost no training).
 EVALS = {
-    "baseline": ("baseline", "none", "none"),
-    "adapt=adabn": ("baseline", "none", "adabn"),
-    "stain_norm=reinhard": ("baseline", "reinhard", "none"),
-    "crop=cell": ("cell", "none", "none"),
-    "stain_augment": ("stain", "none", "none"),
-    "crop=cell + stain_augment": ("cell+stain", "none", "none"),
-    "crop=cell + stain_augment + adabn": ("cell+stain", "none", "adabn"),
-    "crop=cell + stain_augment + reinhard + adabn": ("cell+stain", "reinhard", "adabn"),
-    "norm=group": ("group", "none", "none"),
-    "crop=cell + stain_augment + norm=group": ("cell+stain+group", "none", "none"),
-    "crop=cell + stain_augment, 12 epochs": ("cell+stain+long", "none", "none"),
-    "crop=cell + stain_augment + adabn, 12 epochs": ("cell+stain+long", "none", "adabn"),
-    "crop=cell + stain_augment + reinhard + adabn, 12 epochs": ("cell+stain+long", "reinhard", "adabn"),
-    "crop=cell + stain_augment + reinhard, 12 epochs": ("cell+stain+long", "reinhard", "none"),
-    "crop=rbc + stain_augment, 12 epochs": ("rbc+stain+long", "none", "none"),
-    "crop=rbc + stain_augment + adabn, 12 epochs": ("rbc+stain+long", "none", "adabn"),
-    "crop=rbc + stain_augment + reinhard, 12 epochs": ("rbc+stain+long", "reinhard", "none"),
-    "crop=rbc + stain_augment + reinhard + adabn, 12 epochs": ("rbc+stain+long", "reinhard", "adabn"),
+    "baseline": ("baseline", "none", "none", False),
+    "adapt=adabn": ("baseline", "none", "adabn", False),
+    "stain_norm=reinhard": ("baseline", "reinhard", "none", False),
+    "crop=cell": ("cell", "none", "none", False),
+    "stain_augment": ("stain", "none", "none", False),
+    "crop=cell + stain_augment": ("cell+stain", "none", "none", False),
+    "crop=cell + stain_augment + adabn": ("cell+stain", "none", "adabn", False),
+    "crop=cell + stain_augment + reinhard + adabn": ("cell+stain", "reinhard", "adabn", False),
+    "norm=group": ("group", "none", "none", False),
+    "crop=cell + stain_augment + norm=group": ("cell+stain+group", "none", "none", False),
+    "crop=cell + stain_augment, 12 epochs": ("cell+stain+long", "none", "none", False),
+    "crop=cell + stain_augment + adabn, 12 epochs": ("cell+stain+long", "none", "adabn", False),
+    "crop=cell + stain_augment + reinhard + adabn, 12 epochs": ("cell+stain+long", "reinhard", "adabn", False),
+    "crop=cell + stain_augment + reinhard, 12 epochs": ("cell+stain+long", "reinhard", "none", False),
+    "crop=rbc + stain_augment, 12 epochs": ("rbc+stain+long", "none", "none", False),
+    "crop=rbc + stain_augment + adabn, 12 epochs": ("rbc+stain+long", "none", "adabn", False),
+    "crop=rbc + stain_augment + reinhard, 12 epochs": ("rbc+stain+long", "reinhard", "none", False),
+    "crop=rbc + stain_augment + reinhard + adabn, 12 epochs": ("rbc+stain+long", "reinhard", "adabn", False),
+    "crop=cell + stain_augment + reinhard + adabn + tta, 12 epochs": ("cell+stain+long", "reinhard", "adabn", True),
+    "crop=rbc + stain_augment + tta, 12 epochs": ("rbc+stain+long", "none", "none", True),
+    "crop=rbc + stain_augment + reinhard + adabn + tta, 12 epochs": ("rbc+stain+long", "reinhard", "adabn", True),
 }
 
 
@@ -151,7 +154,7 @@ def main() -> int:
     plan = [(name, args.seed) for name in EVALS if args.only is None or name in args.only]
     plan += [(name, seed) for seed in args.extra_seeds for name in args.extra_only]
     for name, seed in plan:
-        training, stain_norm, adapt = EVALS[name]
+        training, stain_norm, adapt, tta = EVALS[name]
         crop, overrides = TRAININGS[training]
         packed = packed_dir(args.run, args.out, crop, args.size)
         tag = "" if seed == args.seed else f"-seed{seed}"  # the main seed keeps the plain names
@@ -164,7 +167,7 @@ def main() -> int:
                             train_params={**train_params, **overrides}), f"({time.time() - t0:.0f} s)", flush=True)
         dest = args.out / "evaluate" / f"resnet18-{name}{tag}"
         if not (dest / "metrics.json").is_file():
-            evaluate_predictor(load_predictor(ckpt, stain_norm=stain_norm, adapt=adapt), packed, dest,
+            evaluate_predictor(load_predictor(ckpt, stain_norm=stain_norm, adapt=adapt, tta=tta), packed, dest,
                                external=external, title=f"resnet18 {name}")
         runs[name + (f", seed {seed}" if tag else "")] = dest
         notes = args.notes.read_text(encoding="utf-8") if args.notes else ""

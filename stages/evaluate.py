@@ -2,7 +2,8 @@
 test set and every external set -> metrics.json, predictions and confusion matrices per set.
 
 dvc.yaml writes every path on the command line; params: evaluate.batch_size, evaluate.adapt
-(none | adabn), evaluate.stain_norm (none | reinhard), evaluate.external (folder sets, wbc.external).
+(none | adabn), evaluate.stain_norm (none | reinhard), evaluate.tta, evaluate.external (folder sets,
+wbc.external).
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def main() -> int:
     args = parser.parse_args()
     ev = load_params().get("evaluate", {}) or {}
     predictor = load_predictor(args.model_file, device=select_device("auto"),
-                               stain_norm=ev.get("stain_norm", "none"), adapt=ev.get("adapt", "none"))
+                               stain_norm=ev.get("stain_norm", "none"), adapt=ev.get("adapt", "none"),
+                               tta=bool(ev.get("tta", False)))
     result = evaluate_predictor(predictor, args.packed, args.out, features_dir=args.features,
                                 batch_size=int(ev.get("batch_size", 64)), external=parse_specs(ev.get("external"), root=args.external_root))
     scores = "; ".join(f"{s} accuracy {m['accuracy']}, macro-F1 {m['macro_f1']}"

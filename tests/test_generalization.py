@@ -292,7 +292,7 @@ def test_external_folder_set_declared_in_params_is_packed_and_evaluated(tmp_path
     assert res["mylab"]["external_folder"]["skipped"] == {"other folder": 1}
     assert res["mylab"]["external_folder"]["cell_crop_fallback"] == 1   # the blank image
     assert res["setting"] == {"crop": "cell", "cell_fraction": 0.6, "norm": "batch", "stain_augment": False,
-                              "stain_norm": "reinhard", "adapt": "adabn"}
+                              "stain_norm": "reinhard", "adapt": "adabn", "tta": False}
     assert (tmp_path / "ev" / "predictions_mylab.csv").is_file()
     assert class_folder("a.zip:cells/lym/x.png") == "lym" and class_folder("/d/eos/y.png") == "eos"
     frame = write_report({"adapted": tmp_path / "ev"}, tmp_path / "gen.md", tmp_path / "gen.png")
@@ -399,3 +399,19 @@ def test_adabn_adapts_other_labs_sets_and_keeps_the_in_domain_test_split(tmp_pat
     plain = evaluate_predictor(load_predictor(ckpt), packed, tmp_path / "p", external=lab)
     assert adapted["test"]["confusion_matrix"] == plain["test"]["confusion_matrix"]
     assert adapted["setting"]["adapt"] == "adabn"
+
+
+def test_tta_averages_the_eight_rotations_and_reflections(tmp_path: Path) -> None:
+    """With tta the probabilities are the mean over the 8 dihedral views: invariant to rotating or
+    mirroring the input, and equal to averaging the plain model's predictions of the 8 views."""
+    packed = _packed(tmp_path / "packed", {"train": 6, "val": 2, "test": 6})
+    ckpt = _checkpoint(tmp_path / "m.ckpt", packed)
+    x = np.load(packed / "test_x.npy")
+    plain, tta = load_predictor(ckpt), load_predictor(ckpt, tta=True)
+    views = [np.ascontiguousarray(np.rot90(x, k, axes=(2, 3))[..., ::-1] if f else np.rot90(x, k, axes=(2, 3)))
+             for f in (False, True) for k in range(4)]
+    expected = np.mean([plain.predict(v) for v in views], axis=0)
+    np.testing.assert_allclose(tta.predict(x), expected, atol=1e-5)
+    np.testing.assert_allclose(tta.predict(np.ascontiguousarray(np.rot90(x, 1, axes=(2, 3)))), expected, atol=1e-5)
+    assert not np.allclose(plain.predict(x), expected, atol=1e-4)   # the views do differ for this model
+    assert tta.setting()["tta"] is True and setting_label(tta.setting()).endswith("tta")

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 #: Setting values that are the defaults (left out of a setting's label).
-DEFAULTS = {"crop": "centre", "norm": "batch", "stain_augment": False, "stain_norm": "none", "adapt": "none"}
+DEFAULTS = {"crop": "centre", "norm": "batch", "stain_augment": False, "stain_norm": "none", "adapt": "none",
+            "tta": False}
 
 
 def setting_label(setting: Mapping[str, Any] | None) -> str:

@@ -4,8 +4,9 @@ Two model kinds share the pipeline:
 - the torchvision CNNs (`wbc.models`): a torch checkpoint, fed uint8 (3, S, S) arrays (the packed
   tensors, or an image cropped and resized with `wbc.cellcrop.crop_square` as the checkpoint was
   trained: its params' `crop` and `cell_fraction`); optionally colour-standardised (`stain_norm`,
-  `wbc.stainnorm.reinhard` to the training set's Lab target) and BatchNorm-adapted to a set of
-  images (`adapted`, AdaBN, `wbc.adapt`);
+  `wbc.stainnorm.reinhard` to the training set's Lab target), BatchNorm-adapted to a set of
+  images (`adapted`, AdaBN, `wbc.adapt`) and optionally averaged over the 8 rotations and
+  reflections of each input (`tta`: a blood cell on a slide has no up, down, left or right);
 - the feature-based method of Tavakoli et al. (`tavakoli_svm`, `wbc.tavakoli`): its own safe file
   format, fed the 51-feature vectors of `wbc.features` (the cached per-set feature files, or the
   features of one image computed from its original resolution).
@@ -78,6 +79,16 @@ def predict_array(
     return np.concatenate(chunks)
 
 
+#: The dihedral group of the square: (quarter turns, mirrored) of each test-time augmentation view.
+DIHEDRAL = tuple((k, flip) for flip in (False, True) for k in range(4))
+
+
+def dihedral_view(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """A (N, C, S, S) array rotated by k quarter turns, then mirrored left-right if `flip` (a view)."""
+    x = np.rot90(x, k, axes=(2, 3))
+    return x[..., ::-1] if flip else x
+
+
 def is_torch_checkpoint(path: str | Path) -> bool:
     """True for a file written by `torch.save` (a zip holding `<name>/data.pkl`)."""
     try:
@@ -96,6 +107,7 @@ class CnnPredictor:
     device: Any
     stain_norm: str = "none"
     adapt: str = "none"
+    tta: bool = False
     kind: str = field(default="cnn", init=False)
     fallbacks: int = field(default=0, init=False)  # images `prepare` found no cell in (centre crop used)
 
@@ -119,7 +131,7 @@ class CnnPredictor:
         """What shapes this model's inputs and normalisation (the generalization report's columns)."""
         p = self.params
         return {**self.crop.to_dict(), "norm": p.get("norm", "batch"), "stain_augment": bool(p.get("stain_augment")),
-                "stain_norm": self.stain_norm, "adapt": self.adapt}
+                "stain_norm": self.stain_norm, "adapt": self.adapt, "tta": bool(self.tta)}
 
     @property
     def classes(self) -> list[str]:
@@ -140,9 +152,18 @@ class CnnPredictor:
         return reinhard(batch, self.params["lab_target"]) if self.stain_norm == "reinhard" else batch
 
     def predict(self, batch: np.ndarray, batch_size: int = 64, desc: str = "") -> np.ndarray:
-        """Softmax probabilities (n, classes) of uint8 (n, 3, S, S) inputs."""
-        return predict_array(self.model, self.standardise(batch), self.meta["mean"], self.meta["std"],
-                             batch_size=batch_size, device=self.device, desc=desc or self.model_name)
+        """Softmax probabilities (n, classes) of uint8 (n, 3, S, S) inputs; with `tta` the mean of the
+        probabilities of the 8 rotated and mirrored views of each input."""
+        x = self.standardise(batch)
+        views = DIHEDRAL if self.tta else DIHEDRAL[:1]
+        total = None
+        for i, (k, flip) in enumerate(views):
+            label = desc or self.model_name
+            probs = predict_array(self.model, dihedral_view(x, k, flip), self.meta["mean"], self.meta["std"],
+                                  batch_size=batch_size, device=self.device,
+                                  desc=f"{label} view {i + 1}/{len(views)}" if self.tta else label)
+            total = probs if total is None else total + probs
+        return total / len(views)
 
     def adapted(self, x: np.ndarray, batch_size: int = 64) -> "CnnPredictor":
         """This model with its BatchNorm statistics re-estimated on the inputs `x` (AdaBN), or itself
@@ -151,7 +172,7 @@ class CnnPredictor:
             return self
         model = adabn(self.model, self.standardise(x), self.meta["mean"], self.meta["std"],
                       batch_size=batch_size, device=self.device)
-        return CnnPredictor(model, self.meta, self.device, self.stain_norm, self.adapt)
+        return CnnPredictor(model, self.meta, self.device, self.stain_norm, self.adapt, self.tta)
 
     def set_inputs(self, set_name: str, packed_dir: Path, features_dir: Path | None) -> np.ndarray:
         """The packed uint8 tensors of one set (memory-mapped)."""
@@ -172,7 +193,8 @@ class FeaturePredictor:
 
     def setting(self) -> dict[str, Any]:
         """The feature model's inputs: the original image; no crop, colour or BatchNorm lever applies."""
-        return {"crop": "original image", "norm": "n/a", "stain_augment": False, "stain_norm": "none", "adapt": "none"}
+        return {"crop": "original image", "norm": "n/a", "stain_augment": False, "stain_norm": "none", "adapt": "none",
+                "tta": False}
 
     def adapted(self, x: np.ndarray, batch_size: int = 64) -> "FeaturePredictor":
         """No BatchNorm to adapt: itself."""
@@ -215,10 +237,11 @@ Predictor = CnnPredictor | FeaturePredictor
 
 
 def load_predictor(path: str | Path, device: Any = "cpu", *, stain_norm: str = "none",
-                   adapt: str = "none") -> Predictor:
+                   adapt: str = "none", tta: bool = False) -> Predictor:
     """Load a model file of either kind (a CNN checkpoint or a `tavakoli_svm` model).
 
-    `stain_norm` (none | reinhard) and `adapt` (none | adabn) apply to CNNs only."""
+    `stain_norm` (none | reinhard), `adapt` (none | adabn) and `tta` (8 rotated/mirrored views)
+    apply to CNNs only."""
     if adapt not in ADAPTS:
         raise ConfigError(f"adapt must be one of {', '.join(ADAPTS)}; got {adapt!r}")
     path = Path(path)
@@ -228,5 +251,5 @@ def load_predictor(path: str | Path, device: Any = "cpu", *, stain_norm: str = "
         from wbc.models import load_checkpoint
 
         model, meta = load_checkpoint(path, device=device)
-        return CnnPredictor(model, meta, device, stain_norm, adapt)
+        return CnnPredictor(model, meta, device, stain_norm, adapt, bool(tta))
     return FeaturePredictor(tavakoli.TavakoliSVM.load(path))

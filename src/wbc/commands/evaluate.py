@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "own images; the in-domain test split keeps the trained ones (default: %(default)s)")
     parser.add_argument("--stain-norm", choices=("none", "reinhard"), default="none",
                         help="reinhard: map each image's Lab statistics to the training set's (default: %(default)s)")
+    parser.add_argument("--tta", action="store_true",
+                        help="average the probabilities of each image's 8 rotations and reflections (CNNs; 8x slower)")
     parser.add_argument("--external", action="append", default=[], metavar="NAME=PATH",
                         help="also evaluate a folder or zip of class folders named like the labels (repeatable)")
 
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     device = select_device(args.device)
     for path in args.models:
-        predictor = load_predictor(path, device=device, stain_norm=args.stain_norm, adapt=args.adapt)
+        predictor = load_predictor(path, device=device, stain_norm=args.stain_norm, adapt=args.adapt, tta=args.tta)
         name = Path(path).stem
         external = parse_specs({k: {"path": v} for k, _, v in (e.partition("=") for e in args.external)})
         result = evaluate_predictor(predictor, args.packed, Path(args.out) / name, features_dir=args.features,

@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(use a few dozen images or more of one lab)")
     parser.add_argument("--stain-norm", choices=("none", "reinhard"), default="none",
                         help="reinhard: map each image's Lab statistics to the training set's (default: %(default)s)")
+    parser.add_argument("--tta", action="store_true",
+                        help="average the probabilities of each image's 8 rotations and reflections (CNNs; 8x slower)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from wbc.train import select_device
 
     predictor = load_predictor(args.model, device=select_device(args.device), stain_norm=args.stain_norm,
-                               adapt="adabn" if args.adapt else "none")
+                               adapt="adabn" if args.adapt else "none", tta=args.tta)
     frame = predict_files(predictor, args.paths, batch_size=args.batch_size, limits=InputLimits.from_params(),
                           adapt=args.adapt)
     out = Path(args.out)
