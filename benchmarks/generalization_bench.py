@@ -45,6 +45,8 @@ TRAININGS = {
     "cell+stain+long": ("cell", {"stain_augment": True, "epochs": 12, "step_size": 8}),
     # the same recipe on crops scaled by the red cells (wbc.redcells): the cell keeps its size
     "rbc+stain+long": ("rbc", {"stain_augment": True, "epochs": 12, "step_size": 8}),
+    # and with twice the colour ranges (train.stain_strength 2)
+    "rbc+strong+long": ("rbc", {"stain_augment": True, "stain_strength": 2.0, "epochs": 12, "step_size": 8}),
 }
 #: Evaluation settings: name -> (training, stain_norm, adapt, tta), in the order they are run (the
 #: test-time levers on the baseline model first: they cost no training).
@@ -70,6 +72,10 @@ EVALS = {
     "crop=cell + stain_augment + reinhard + adabn + tta, 12 epochs": ("cell+stain+long", "reinhard", "adabn", True),
     "crop=rbc + stain_augment + tta, 12 epochs": ("rbc+stain+long", "none", "none", True),
     "crop=rbc + stain_augment + reinhard + adabn + tta, 12 epochs": ("rbc+stain+long", "reinhard", "adabn", True),
+    "crop=rbc + strong stain_augment, 12 epochs": ("rbc+strong+long", "none", "none", False),
+    "crop=rbc + strong stain_augment + adabn, 12 epochs": ("rbc+strong+long", "none", "adabn", False),
+    "crop=rbc + strong stain_augment + reinhard + adabn, 12 epochs": ("rbc+strong+long", "reinhard", "adabn", False),
+    "crop=rbc + strong stain_augment + reinhard + adabn + tta, 12 epochs": ("rbc+strong+long", "reinhard", "adabn", True),
 }
 
 

@@ -34,6 +34,7 @@ from wbc.predict import predict_files
 from wbc.predictors import load_predictor
 from wbc.segment import segment
 from wbc.split import IMAGENET_MEAN, IMAGENET_STD
+from wbc.train import TrainConfig
 from wbc.stainnorm import lab_stats, lab_target, reinhard
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,6 +91,22 @@ def test_stain_augment_keeps_uint8_is_seeded_and_moves_stain_concentrations() ->
     he_in = concentrations(x)[:, :2].mean(dim=(2, 3))
     he_out = concentrations(a)[:, :2].mean(dim=(2, 3))
     assert (he_out - he_in).abs().max() > 0.02   # H and E concentrations changed
+
+
+def test_stain_strength_widens_the_colour_jitter_and_one_is_the_default() -> None:
+    """strength 2 spreads the per-image colour further than 1; strength 1 is the default stream."""
+    from wbc.augment import colour_jitter
+
+    x = torch.from_numpy(np.stack([draw_cell(32, 10, (16, 16)).transpose(2, 0, 1)] * 64))
+    default = colour_jitter(x, torch.Generator().manual_seed(3))
+    assert torch.equal(default, colour_jitter(x, torch.Generator().manual_seed(3), strength=1.0))
+    spread = {}
+    for strength in (1.0, 2.0):
+        out = colour_jitter(x, torch.Generator().manual_seed(3), strength=strength)
+        spread[strength] = out.float().mean(dim=(2, 3)).std(dim=0).mean().item()   # per-image colour spread
+    assert spread[2.0] > 1.5 * spread[1.0]
+    with pytest.raises(ConfigError):
+        TrainConfig(stain_strength=0)
 
 
 def test_stain_augment_without_jitter_is_the_identity(monkeypatch: pytest.MonkeyPatch) -> None:

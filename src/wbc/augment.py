@@ -17,6 +17,9 @@ draw comes from a generator seeded per batch from the training seed, so a seed g
 4. a random 90-degree rotation (k = 0..3).
 
 The wider zoom range that goes with it is `WIDE_SCALE` (used by the trainer's rescale).
+`strength` (params `train.stain_strength`, default 1) multiplies every colour range of steps 1-2
+(stain scale and shift, brightness, contrast, saturation, hue, gamma; factors stay within
+[1 - `MAX_FACTOR_CUT`, ...]): 2 is a "strong" colour augmentation for labs whose stain differs more.
 """
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ BLUR_P, BLUR_SIGMAS = 0.3, (0.6, 1.2)
 JPEG_P, JPEG_QUALITY = 0.3, (40, 95)
 #: Zoom range used with stain augmentation (the default training range is 0.9-1.1).
 WIDE_SCALE = (0.7, 1.4)
+#: With `strength` > 1 a multiplicative factor 1 +- r never goes below 1 - MAX_FACTOR_CUT.
+MAX_FACTOR_CUT = 0.9
 
 #: log(I + 1) of every uint8 value (float32): the log of the OD transform as a table lookup.
 _LOG1P_TABLE = np.log1p(np.arange(256, dtype=np.float64)).astype(np.float32).reshape(256, 1)
@@ -60,34 +65,40 @@ def _uniform(gen: torch.Generator, shape: tuple[int, ...], low: float, high: flo
     return torch.rand(shape, generator=gen, dtype=torch.float64) * (high - low) + low
 
 
-def _stain_maps(b: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _factor(gen: torch.Generator, shape: tuple[int, ...], r: float, strength: float) -> torch.Tensor:
+    """Factors uniform in 1 +- r x strength, the lower end at least 1 - MAX_FACTOR_CUT."""
+    return _uniform(gen, shape, 1 - min(r * strength, MAX_FACTOR_CUT), 1 + r * strength)
+
+
+def _stain_maps(b: int, gen: torch.Generator, strength: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image OD affine maps: (B, 3, 3) matrices A and (B, 3) offsets c with OD' = OD A + c."""
     m = torch.as_tensor(stain_matrix())
     scale = torch.ones(b, 3, dtype=torch.float64)
-    scale[:, :2] = _uniform(gen, (b, 2), 1 - STAIN_SCALE, 1 + STAIN_SCALE)
+    scale[:, :2] = _factor(gen, (b, 2), STAIN_SCALE, strength)
     shift = torch.zeros(b, 3, dtype=torch.float64)
-    shift[:, :2] = _uniform(gen, (b, 2), -STAIN_SHIFT, STAIN_SHIFT)
+    shift[:, :2] = _uniform(gen, (b, 2), -STAIN_SHIFT * strength, STAIN_SHIFT * strength)
     a = torch.linalg.inv(m) @ torch.diag_embed(scale) @ m
     return a.float(), (shift @ m).float()
 
 
-def _colour_maps(b: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _colour_maps(b: int, gen: torch.Generator, strength: float = 1.0
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-image brightness x saturation x hue matrices (B, 3, 3), contrast factors (B,), gammas (B,)."""
     yiq, iyiq = torch.as_tensor(_YIQ), torch.as_tensor(np.linalg.inv(_YIQ))
-    bright = _uniform(gen, (b,), 1 - BRIGHTNESS, 1 + BRIGHTNESS)
-    sat = _uniform(gen, (b,), 1 - SATURATION, 1 + SATURATION)
-    theta = _uniform(gen, (b,), -HUE, HUE) * 2 * np.pi
+    bright = _factor(gen, (b,), BRIGHTNESS, strength)
+    sat = _factor(gen, (b,), SATURATION, strength)
+    theta = _uniform(gen, (b,), -HUE * strength, HUE * strength) * 2 * np.pi
     rot = torch.zeros(b, 3, 3, dtype=torch.float64)
     rot[:, 0, 0] = 1.0
     rot[:, 1, 1], rot[:, 1, 2] = sat * torch.cos(theta), -sat * torch.sin(theta)
     rot[:, 2, 1], rot[:, 2, 2] = sat * torch.sin(theta), sat * torch.cos(theta)
     mats = bright.view(b, 1, 1) * (iyiq @ rot @ yiq)  # column-vector convention: rgb' = M rgb
-    contrast = _uniform(gen, (b,), 1 - CONTRAST, 1 + CONTRAST)
-    gamma = torch.exp(_uniform(gen, (b,), -GAMMA, GAMMA))
+    contrast = _factor(gen, (b,), CONTRAST, strength)
+    gamma = torch.exp(_uniform(gen, (b,), -GAMMA * strength, GAMMA * strength))
     return mats.float(), contrast.float(), gamma.float()
 
 
-def colour_jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def colour_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0) -> torch.Tensor:
     """Stain jitter, then brightness/saturation/hue, contrast and gamma: uint8 in, uint8 out.
 
     Fused: with L = log(I + 1) (a 256-entry table), the jittered intensity is
@@ -99,8 +110,8 @@ def colour_jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     matrix products on 3-channel images).
     """
     b, _, h, w = x.shape
-    a, c = _stain_maps(b, gen)
-    mats, contrast, gamma = _colour_maps(b, gen)
+    a, c = _stain_maps(b, gen, strength)
+    mats, contrast, gamma = _colour_maps(b, gen, strength)
     a, c, mats = a.double().numpy(), c.double().numpy(), mats.double().numpy()
     contrast, gamma = contrast.double().numpy(), gamma.double().numpy()
     # I' + 1 = 256 exp(-(OD A + c)) with OD = log 256 - L: exponent L A - log 256 (1 A) - c
@@ -158,8 +169,8 @@ def rotate90(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x
 
 
-def stain_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def stain_augment(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0) -> torch.Tensor:
     """The whole augmentation of a uint8 (B, 3, S, S) CPU batch -> a new uint8 batch (see the module doc)."""
     if x.shape[0] == 0:
         return x.clone()
-    return rotate90(degrade(colour_jitter(x, gen), gen), gen)
+    return rotate90(degrade(colour_jitter(x, gen, strength), gen), gen)

@@ -32,6 +32,7 @@ import json
 import os
 import random
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -72,6 +73,7 @@ class TrainConfig:
     balance: str = "none"
     augment: bool = True
     stain_augment: bool = False     # wbc.augment: stain/colour/blur/JPEG/rot90, zoom widened to WIDE_SCALE
+    stain_strength: float = 1.0     # multiplier of stain_augment's colour ranges (2: strong)
     norm: str = "batch"             # batch | group (GroupNorm in place of BatchNorm, wbc.models)
     scale_min: float = 0.9
     scale_max: float = 1.1
@@ -95,6 +97,8 @@ class TrainConfig:
         if int(self.workers) < 0:
             raise ConfigError(f"train.workers must be >= 0; got {self.workers!r}")
         check_norm(self.norm)
+        if not 0 < float(self.stain_strength) <= 4:
+            raise ConfigError(f"train.stain_strength must be in (0, 4]; got {self.stain_strength!r}")
         if not 0 < float(self.scale_min) <= float(self.scale_max):
             raise ConfigError("train.scale_min/scale_max must satisfy 0 < scale_min <= scale_max")
 
@@ -519,7 +523,9 @@ def _train(model_name: str, cfg: TrainConfig, out: str | Path, log_dir: str | Pa
     pin = device.type == "cuda"
     # stain augmentation runs in the loader (the workers, when there are), seeded per batch
     train_loader = make_loader(train_set, cfg.batch_size, sampler=distributed.shard(sampler, ddp), workers=cfg.workers,
-                               pin_memory=pin, transform=stain_augment if cfg.stain_augment else None,
+                               pin_memory=pin,
+                               transform=partial(stain_augment, strength=float(cfg.stain_strength))
+                               if cfg.stain_augment else None,
                                transform_seed=cfg.seed + 2)
     val_loader = make_loader(val_set, max(64, cfg.batch_size), workers=cfg.workers, pin_memory=pin)
 
