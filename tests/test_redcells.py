@@ -110,3 +110,32 @@ def test_rbc_span_is_validated_and_round_trips() -> None:
     assert "rbc_span" not in CropSpec("cell").to_dict()   # older crops' meta is unchanged
     with pytest.raises(ConfigError):
         CropSpec("rbc", span=0.5)
+
+
+def test_a_checkpoint_trained_on_rbc_crops_prepares_inputs_the_same_way(tmp_path) -> None:
+    """The packed data's crop (mode and span) travels into the checkpoint (`input_params`) and back
+    out as the predictor's crop, so `wbc predict` and external sets get the training-time crop."""
+    from wbc.models import build_model, save_checkpoint
+    from wbc.predictors import load_predictor
+    from wbc.train import input_params
+
+    meta = {**CropSpec("rbc", span=3.0).to_dict(), "lab_target": None, "sets": {}}
+    params = {"norm": "batch", **input_params(meta)}
+    assert params["crop"] == "rbc" and params["rbc_span"] == 3.0
+    ckpt = save_checkpoint(tmp_path / "m.ckpt", build_model("resnet18", 5, image_size=32), model_name="resnet18",
+                           classes=["a", "b", "c", "d", "e"], image_size=32, mean=[0.5] * 3, std=[0.25] * 3,
+                           params=params, best_epoch=1, val_macro_f1=0.0)
+    predictor = load_predictor(ckpt)
+    assert predictor.crop == CropSpec("rbc", span=3.0)
+    img = Image.fromarray(smear(360, 28, 40, seed=4))
+    assert np.array_equal(predictor.prepare(img), crop_square(img, 32, CropSpec("rbc", span=3.0))[0])
+    assert predictor.fallbacks == 0
+
+
+def test_tiny_flat_and_grey_images_give_no_diameter_not_an_error() -> None:
+    for img in (np.zeros((6, 9, 3), np.uint8), np.full((40, 40, 3), 200, np.uint8),
+                np.repeat(smear(120, 10, 15)[..., :1], 3, axis=2)):
+        d = red_cell_diameter(img)
+        assert d is None or d > 0
+    arr, found = crop_square(Image.new("L", (12, 12), 128), 8, CropSpec("rbc"))
+    assert arr.shape == (3, 8, 8) and not found

@@ -57,6 +57,8 @@ def find_red_cells(rgb: np.ndarray, exclude: tuple[float, float, float] | None =
     image; `exclude` = (centre x, centre y, side) of the white cell's box, whose circles are dropped."""
     grey, scale = _grey(rgb)
     side = min(grey.shape)
+    if side * MAX_RADIUS < 3:   # too small to hold a red cell of a few pixels
+        return np.zeros((0, 3), np.float64)
     found = cv2.HoughCircles(grey, cv2.HOUGH_GRADIENT_ALT, dp=1.5, minDist=side * MIN_RADIUS,
                              param1=CANNY_HIGH, param2=CIRCLE_SCORE,
                              minRadius=max(2, int(side * MIN_RADIUS)), maxRadius=int(side * MAX_RADIUS))
