@@ -25,9 +25,10 @@ import pandas as pd
 from wbc.cellcrop import CropSpec
 from wbc.evaluate import evaluate_predictor
 from wbc.external import parse_specs
-from wbc.generalization import write_report
+from wbc.generalization import collect, write_report
 from wbc.params import load_params
 from wbc.predictors import load_predictor
+from wbc.report import ci_half_width
 from wbc.runs import train_run
 from wbc.split import Assignment, load_kept, pack
 from wbc.stainnorm import lab_target
@@ -136,6 +137,28 @@ def svm_baseline(args: argparse.Namespace, external: dict) -> Path:
     return svm
 
 
+def seed_summary(frame: pd.DataFrame, settings: list[str], seeds: list[int]) -> str:
+    """Markdown bullets: per setting repeated over seeds, mean +- Student-t 95 % half-width of each
+    set's accuracy and macro-F1 (the per-seed values in brackets), in %."""
+    lines = []
+    for name in settings:
+        labels = [name if i == 0 else f"{name}, seed {s}" for i, s in enumerate(seeds)]
+        rows = frame[frame["label"].isin(labels)]
+        if rows["label"].nunique() < len(labels):
+            continue
+        parts = []
+        for set_name in dict.fromkeys(rows["set"]):
+            for metric in ("accuracy", "macro_f1"):
+                values = [float(rows[(rows["label"] == lab) & (rows["set"] == set_name)][metric].iloc[0]) for lab in labels]
+                parts.append(f"{set_name} {metric} {np.mean(values):.1f} ± {ci_half_width(values):.1f} "
+                             f"({', '.join(f'{v:.1f}' for v in values)})")
+        lines.append(f"- {name} (seeds {', '.join(map(str, seeds))}): " + "; ".join(parts))
+    if not lines:
+        return ""
+    return ("Seed summary (mean ± Student-t 95 % half-width over the seeds; per-seed values in brackets; in %):\n\n"
+            + "\n".join(lines) + "\n")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True, help="a finished pbc profile run (workspace root)")
@@ -177,6 +200,8 @@ def main() -> int:
                                external=external, title=f"resnet18 {name}")
         runs[name + (f", seed {seed}" if tag else "")] = dest
         notes = args.notes.read_text(encoding="utf-8") if args.notes else ""
+        frame = collect(runs)
+        notes += "\n\n" + seed_summary(frame, args.extra_only, [args.seed, *args.extra_seeds])
         frame = write_report(runs, args.report, args.report.with_suffix(".png"), notes=notes)  # partial runs count
         print(frame.pivot_table(index="label", columns="set", values=["accuracy", "macro_f1"], sort=False).round(1),
               flush=True)

@@ -1,0 +1,89 @@
+"""How steady is the red-cell ruler (wbc.redcells) within a lab, and how far apart are labs?
+
+For every image of each set given (folders or zips of class folders, read with `wbc.inputs`): the
+white cell's box (`wbc.cellcrop.cell_box`) and the median red-cell diameter found outside it
+(`wbc.redcells.red_cell_diameter`). Prints and writes, per set: images, the share where a diameter
+was measured (the others get the `cell` crop), the median diameter in px and as a fraction of the
+image's shorter side, the interquartile range and the coefficient of variation (a ruler that is
+steady within one lab and camera has a small one), and the seconds per image. `--figure` draws the
+circles found on the first images of ONE set (only sets whose images may be shown: e.g. PBC,
+CC BY 4.0).
+
+    python benchmarks/redcell_ruler.py --set pbc=../shared/data/pbc/PBC_dataset_normal_DIB.zip \\
+        --set lisc=../shared/data/external/lisc/LISC_crops.zip --every 5 --figure pbc --out reports/redcells.md
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from wbc.cellcrop import cell_box
+from wbc.inputs import collect_inputs, iter_images
+from wbc.redcells import find_red_cells, MIN_RED_CELLS
+
+
+def measure(path: str, every: int) -> tuple[list[float], list[float], int, float, list[np.ndarray]]:
+    """(diameters in px, diameters / shorter side, images read, seconds per image, first images)."""
+    items = collect_inputs([path])[::every]
+    diam, rel, shown, n, t0 = [], [], [], 0, time.perf_counter()
+    for _, img, error in iter_images(items):
+        if img is None:
+            continue
+        rgb = np.asarray(img.convert("RGB"))
+        n += 1
+        circles = find_red_cells(rgb, exclude=cell_box(rgb))
+        if len(shown) < 10:
+            shown.append(draw(rgb, circles))
+        if len(circles) >= MIN_RED_CELLS:
+            d = float(2.0 * np.median(circles[:, 2]))
+            diam.append(d)
+            rel.append(d / min(rgb.shape[:2]))
+    return diam, rel, n, (time.perf_counter() - t0) / max(n, 1), shown
+
+
+def draw(rgb: np.ndarray, circles: np.ndarray) -> np.ndarray:
+    """The image (200 px a side) with the red cells found drawn in green."""
+    out = rgb.copy()
+    width = max(1, round(min(rgb.shape[:2]) / 150))
+    for x, y, r in circles:
+        cv2.circle(out, (int(round(x)), int(round(y))), int(round(r)), (0, 200, 0), width, cv2.LINE_AA)
+    return cv2.resize(out, (200, 200), interpolation=cv2.INTER_AREA)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--set", action="append", required=True, metavar="NAME=PATH")
+    ap.add_argument("--every", type=int, default=1, help="measure every n-th image (sorted)")
+    ap.add_argument("--figure", default=None, metavar="NAME", help="draw the circles of this set's first images")
+    ap.add_argument("--out", type=Path, default=None, help="markdown table (and, with --figure, a .png beside it)")
+    args = ap.parse_args()
+    lines = ["| set | images | diameter measured | median diameter (px) | / shorter side | IQR (px) | CV | s / image |",
+             "|:---|---:|---:|---:|---:|---:|---:|---:|"]
+    figure = None
+    for spec in args.set:
+        name, _, path = spec.partition("=")
+        diam, rel, n, sec, shown = measure(path, args.every)
+        d = np.asarray(diam)
+        q1, med, q3 = np.percentile(d, (25, 50, 75)) if len(d) else (np.nan,) * 3
+        cv = float(d.std() / d.mean()) if len(d) else np.nan
+        lines.append(f"| {name} | {n} | {len(d) / max(n, 1):.1%} | {med:.1f} | {np.median(rel) if rel else np.nan:.3f} "
+                     f"| {q1:.1f}-{q3:.1f} | {cv:.3f} | {sec:.3f} |")
+        print(lines[-1], flush=True)
+        if name == args.figure:
+            figure = np.vstack([np.hstack(shown[i:i + 5]) for i in range(0, len(shown) - len(shown) % 5, 5)])
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(f"# The red-cell ruler\n\nCommand: `python {' '.join(sys.argv)}`\n\n{text}", encoding="utf-8")
+        if figure is not None:
+            cv2.imwrite(str(args.out.with_suffix(".png")), cv2.cvtColor(figure, cv2.COLOR_RGB2BGR))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
