@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -343,6 +344,9 @@ def test_predict_uses_the_checkpoint_crop_adapts_and_counts_fallbacks(tmp_path: 
     plain = predict_files(load_predictor(ckpt), [lab])
     assert not np.allclose(frame["p_basophil"], plain["p_basophil"])   # adaptation + Reinhard changed the inputs
     assert main(["predict", str(lab), "--model", str(ckpt), "--adapt", "--out", str(tmp_path / "p.csv")]) == 0
+    assert main(["predict", str(lab), "--model", str(ckpt), "--tta", "--out", str(tmp_path / "t.csv")]) == 0
+    tta = pd.read_csv(tmp_path / "t.csv")
+    assert len(tta) == 12 and not np.allclose(tta["p_basophil"], plain["p_basophil"])   # 8 views averaged
 
 
 def test_setting_labels() -> None:
@@ -350,6 +354,7 @@ def test_setting_labels() -> None:
     label = setting_label({"crop": "cell", "cell_fraction": 0.6, "norm": "group", "adapt": "adabn"})
     assert label == "crop=cell 0.6 + norm=group + adapt=adabn"
     assert setting_label({"crop": "original image", "norm": "n/a"}) == "baseline"
+    assert setting_label({"crop": "rbc", "rbc_span": 2.5, "stain_augment": True}) == "crop=rbc 2.5 + stain_augment"
     assert collect([]).empty
 
 
