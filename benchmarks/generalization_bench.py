@@ -72,6 +72,7 @@ EVALS = {
     "crop=rbc + stain_augment + reinhard + adabn, 12 epochs": ("rbc+stain+long", "reinhard", "adabn", False),
     "crop=cell + stain_augment + reinhard + adabn + tta, 12 epochs": ("cell+stain+long", "reinhard", "adabn", True),
     "crop=rbc + stain_augment + tta, 12 epochs": ("rbc+stain+long", "none", "none", True),
+    "crop=rbc + stain_augment + adabn + tta, 12 epochs": ("rbc+stain+long", "none", "adabn", True),
     "crop=rbc + stain_augment + reinhard + adabn + tta, 12 epochs": ("rbc+stain+long", "reinhard", "adabn", True),
     "crop=rbc + strong stain_augment, 12 epochs": ("rbc+strong+long", "none", "none", False),
     "crop=rbc + strong stain_augment + adabn, 12 epochs": ("rbc+strong+long", "none", "adabn", False),
