@@ -10,11 +10,12 @@ circles found on the first images of ONE set (only sets whose images may be show
 CC BY 4.0).
 
     python benchmarks/redcell_ruler.py --set pbc=../shared/data/pbc/PBC_dataset_normal_DIB.zip \\
-        --set lisc=../shared/data/external/lisc/LISC_crops.zip --every 5 --figure pbc --out reports/redcells.md
+        --set lisc=../shared/data/external/lisc/LISC_crops.zip --figure pbc --out reports/redcells.md
 """
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -61,6 +62,7 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=1, help="measure every n-th image (sorted)")
     ap.add_argument("--figure", default=None, metavar="NAME", help="draw the circles of this set's first images")
     ap.add_argument("--out", type=Path, default=None, help="markdown table (and, with --figure, a .png beside it)")
+    ap.add_argument("--credit", default="", help="the figure's image credit (source, licence)")
     args = ap.parse_args()
     lines = ["| set | images | diameter measured | median diameter (px) | / shorter side | IQR (px) | CV | s / image |",
              "|:---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -79,7 +81,10 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(f"# The red-cell ruler\n\nCommand: `python {' '.join(sys.argv)}`\n\n{text}", encoding="utf-8")
+        if figure is not None:
+            text += (f"\n![red cells found]({args.out.with_suffix('.png').name})\n\nThe first 10 images of "
+                     f"{args.figure} with the red cells found (green). {args.credit}\n")
+        args.out.write_text(f"# The red-cell ruler\n\nCommand: `python {shlex.join(sys.argv)}`\n\n{text}", encoding="utf-8")
         if figure is not None:
             cv2.imwrite(str(args.out.with_suffix(".png")), cv2.cvtColor(figure, cv2.COLOR_RGB2BGR))
     return 0
