@@ -155,15 +155,13 @@ class CnnPredictor:
         """Softmax probabilities (n, classes) of uint8 (n, 3, S, S) inputs; with `tta` the mean of the
         probabilities of the 8 rotated and mirrored views of each input."""
         x = self.standardise(batch)
+        label = desc or self.model_name
         views = DIHEDRAL if self.tta else DIHEDRAL[:1]
-        total = None
-        for i, (k, flip) in enumerate(views):
-            label = desc or self.model_name
-            probs = predict_array(self.model, dihedral_view(x, k, flip), self.meta["mean"], self.meta["std"],
-                                  batch_size=batch_size, device=self.device,
-                                  desc=f"{label} view {i + 1}/{len(views)}" if self.tta else label)
-            total = probs if total is None else total + probs
-        return total / len(views)
+        probs = [predict_array(self.model, dihedral_view(x, k, flip), self.meta["mean"], self.meta["std"],
+                               batch_size=batch_size, device=self.device,
+                               desc=f"{label} view {i + 1}/{len(views)}" if self.tta else label)
+                 for i, (k, flip) in enumerate(views)]
+        return probs[0] if len(probs) == 1 else np.mean(probs, axis=0)
 
     def adapted(self, x: np.ndarray, batch_size: int = 64) -> "CnnPredictor":
         """This model with its BatchNorm statistics re-estimated on the inputs `x` (AdaBN), or itself
