@@ -1,10 +1,11 @@
 """Stage `split`: merge the kept images of all sources, split them (stratified or the sources' own
 split), audit cross-split duplicates, pack tensors and write the distribution reports.
 
-Params: data.profile, split, dedup (the audit's duplicate test).  Outputs: see dvc.yaml.
+Params: data.profile, split, dedup (the audit's duplicate test).  dvc.yaml passes every path.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -12,18 +13,15 @@ from wbc import split
 from wbc.cellcrop import DEFAULT_SPAN
 from wbc.params import load_params, run_stage
 
-KEPT = Path("data/interim/kept.csv")
-STORE = Path("data/interim/store")
-SPLITS = Path("data/processed/splits.csv")
-PACKED = Path("data/processed/packed")
-REPORTS = Path("reports/split")
-
-
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    for flag in ("--kept", "--store", "--splits", "--packed", "--reports"):
+        parser.add_argument(flag, type=Path, required=True)
+    args = parser.parse_args()
     params = load_params()
     sp, dedup = params["split"], params.get("dedup", {})
     summary = split.run_split(
-        KEPT, STORE, splits_csv=SPLITS, packed_dir=PACKED, reports_dir=REPORTS,
+        args.kept, args.store, splits_csv=args.splits, packed_dir=args.packed, reports_dir=args.reports,
         mode=sp.get("mode", "stratified"), val=sp.get("val"), test=sp.get("test"), seed=sp.get("seed", 42),
         image_size=sp.get("image_size", 64), profile=params["data"]["profile"],
         dedup_params=dedup, workers=dedup.get("workers", 0),
