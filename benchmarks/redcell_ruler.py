@@ -25,7 +25,7 @@ import numpy as np
 
 from wbc.cellcrop import cell_box
 from wbc.inputs import collect_inputs, iter_images
-from wbc.redcells import find_red_cells, MIN_RED_CELLS
+from wbc.redcells import find_red_cells, median_diameter
 
 
 def measure(path: str, every: int) -> tuple[list[float], list[float], int, float, list[np.ndarray]]:
@@ -40,8 +40,8 @@ def measure(path: str, every: int) -> tuple[list[float], list[float], int, float
         circles = find_red_cells(rgb, exclude=cell_box(rgb))
         if len(shown) < 10:
             shown.append(draw(rgb, circles))
-        if len(circles) >= MIN_RED_CELLS:
-            d = float(2.0 * np.median(circles[:, 2]))
+        d = median_diameter(circles)
+        if d is not None:
             diam.append(d)
             rel.append(d / min(rgb.shape[:2]))
     return diam, rel, n, (time.perf_counter() - t0) / max(n, 1), shown

@@ -69,7 +69,11 @@ def find_red_cells(rgb: np.ndarray, exclude: tuple[float, float, float] | None =
     return drop_nested(circles)
 
 
+def median_diameter(circles: np.ndarray) -> float | None:
+    """The median diameter of (n, 3) circles, or None when fewer than `MIN_RED_CELLS`."""
+    return float(2.0 * np.median(circles[:, 2])) if len(circles) >= MIN_RED_CELLS else None
+
+
 def red_cell_diameter(rgb: np.ndarray, exclude: tuple[float, float, float] | None = None) -> float | None:
     """The median red-cell diameter in pixels, or None with fewer than `MIN_RED_CELLS` red cells."""
-    circles = find_red_cells(rgb, exclude)
-    return float(2.0 * np.median(circles[:, 2])) if len(circles) >= MIN_RED_CELLS else None
+    return median_diameter(find_red_cells(rgb, exclude))
