@@ -5,6 +5,9 @@ Tests that need ../shared (the real PBC mirror, the RAR fixtures) use the `share
 the reason, except when WBC_REQUIRE_SHARED=1: then they fail. Our own CI (`.ci/run`) sets it, so
 the real-data tests cannot silently stop running there; a user's runner (CI=true but no
 ../shared, e.g. the GitHub workflow in .github/workflows/repro.yml) skips them.
+
+The session fails when the run changed tracked files or left new ones outside the declared DVC
+outputs (tests/git_clean.py), and the CPU kernels are pinned before torch loads (wbc.kernels).
 """
 from __future__ import annotations
 
@@ -12,6 +15,13 @@ import os
 from pathlib import Path
 
 import pytest
+
+from wbc import kernels
+from git_clean import pytest_sessionfinish, pytest_sessionstart  # noqa: F401  (hooks: the run leaves git clean)
+
+# Before any test module imports torch: the CPU kernels the training code pins (wbc.kernels), so
+# tests that train or load a model in this process run the same kernels as `dvc repro`.
+kernels.pin_environment(kernels.DEFAULT_LEVEL)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("WBC_SHARED", ROOT.parent / "shared")).resolve()

@@ -23,7 +23,8 @@ PBC_SHA = "aaa91c6d1cb1922c28578f1156d110a9322f8100622e15ebe4bf5f2315acdeaf"  # 
 OTHER = BODY[:-4] + b"TAIL"  # what a changed upstream serves: same size, other bytes
 OTHER_SHA = hashlib.sha256(OTHER).hexdigest()
 SHA_A, SHA_B = "ab" * 32, "cd" * 32
-PACKAGED_LOCK = fetch.lock_path()  # taken before the `lock_file` fixture replaces lock_path
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT_LOCK = ROOT / "sources.lock.yaml"  # the committed lock, beside dvc.lock
 
 
 @dataclass
@@ -574,10 +575,34 @@ def test_download_command_accept_new_and_one_line_checksum_error(server, test_re
 # --------------------------------------------------------------------------- the lock file itself
 
 
-def test_packaged_lock_sits_next_to_the_registry_and_agrees_with_it():
-    assert PACKAGED_LOCK == Path(sources.__file__).with_name("sources.lock.yaml") and PACKAGED_LOCK.is_file()
-    assert PACKAGED_LOCK.read_text(encoding="utf-8").startswith(fetch.LOCK_HEADER)
-    assert fetch.lock_problems(fetch.load_lock(PACKAGED_LOCK), sources.load_registry()) == []
+def test_project_lock_sits_beside_dvc_lock_and_agrees_with_the_registry():
+    assert PROJECT_LOCK.is_file() and (ROOT / "dvc.lock").is_file()
+    assert not Path(sources.__file__).with_name("sources.lock.yaml").exists()  # never inside the package
+    assert PROJECT_LOCK.read_text(encoding="utf-8").startswith(fetch.LOCK_HEADER)
+    assert fetch.lock_problems(fetch.load_lock(PROJECT_LOCK), sources.load_registry()) == []
+
+
+def test_lock_path_is_the_project_root_found_from_any_subfolder(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    (project / "data" / "raw").mkdir(parents=True)
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(project / "data" / "raw")
+    assert fetch.project_root() == project.resolve()  # fetch.lock_path() is project_root() / LOCK_FILE
+    bare = tmp_path / "bare"  # no project marker up to tmp_path: the working directory
+    bare.mkdir()
+    assert fetch.project_root(bare) in (bare.resolve(), *bare.resolve().parents)
+
+
+def test_download_command_writes_the_pin_to_the_given_lock(server, test_registry, tmp_path, monkeypatch, capsys):
+    from wbc import cli
+
+    test_registry["sources"]["demo"].update(size=None, sha256=None)
+    server.routes["/demo.zip"] = Route(["full"])
+    monkeypatch.chdir(tmp_path)
+    lock = tmp_path / "my.lock.yaml"
+    assert cli.main(["download", "demo", "--dest", str(tmp_path / "raw"), "--lock", str(lock), "--no-progress",
+                     "--retries", "0"]) == 0
+    assert fetch.load_lock(lock)["demo"]["sha256"] == BODY_SHA and f"pinned in {lock}" in capsys.readouterr().out
 
 
 def test_missing_lock_is_empty(tmp_path):

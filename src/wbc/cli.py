@@ -21,6 +21,7 @@ COMMANDS = {
     "segment": "segment",
     "serve": "serve",
     "generalization": "generalization",
+    "verify": "verify",
 }
 
 

@@ -7,8 +7,8 @@ errors, timeouts and 5xx answers, resumed with ``Range`` requests, verified and 
 atomically.
 
 Verification (trust on first use): a registry entry's ``size``/``sha256`` are what its provider
-publishes (null when nothing is). The checksum lock next to the registry (``sources.lock.yaml``,
-committed) pins the size and sha256 of each downloaded source at its first fetch (sorted YAML;
+publishes (null when nothing is). The checksum lock at the project root, beside ``dvc.lock``
+(``sources.lock.yaml``, committed; never inside the installed package) pins the size and sha256 of each downloaded source at its first fetch (sorted YAML;
 sources publishing both need no pin; generated sources are never fetched nor pinned). A
 downloaded, copied or already present file must match the published values and the pin; a
 mismatch raises ChecksumError naming the file, both sha256 (expected, got) and the fix.
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.resources
 import os
 import re
 import sys
@@ -41,7 +40,7 @@ CHUNK = 1 << 16
 USER_AGENT = f"wbc-repro/{wbc.__version__} (+python-requests)"
 LOCK_FILE = "sources.lock.yaml"
 LOCK_HEADER = """\
-# Checksum lock of the downloaded sources (trust on first use), next to sources.yaml.
+# Checksum lock of the downloaded sources (trust on first use), at the project root beside dvc.lock.
 # Written by `wbc download` and the download stage: the first download of a source pins its
 # size and sha256 here; every later fetch or reuse of data/raw/<file> is verified against it.
 # Commit this file. When upstream legitimately publishes a new version, re-pin the source with
@@ -95,8 +94,8 @@ def fetch(source: dict, dest_dir: str | Path, mirror: str | Path | None = None, 
     A file already there is verified and reused. Otherwise tries the mirror first (when given),
     then the origin URL(s). ``timeout`` is the connect and read timeout in seconds (no data for
     that long = a failed try); a failed try is retried ``retries`` times, sleeping
-    ``backoff * 2**k`` seconds. ``lock`` is the checksum lock (default: the one next to the
-    packaged registry, :func:`lock_path`); ``accept_new`` forgets the source's pin and
+    ``backoff * 2**k`` seconds. ``lock`` is the checksum lock (default: the project's,
+    :func:`lock_path`); ``accept_new`` forgets the source's pin and
     deletes the file in ``dest_dir`` first. Raises DownloadError (nothing fetched: names every
     place tried and how to use a mirror) or ChecksumError (the bytes differ from the published or
     pinned size/sha256; a download is deleted, a file that was already there is kept).
@@ -239,9 +238,24 @@ class Expected:
     pinned: bool     # a value comes from the lock (pinned when first fetched)
 
 
+PROJECT_MARKERS = ("dvc.yaml", ".dvc", ".git")
+
+
+def project_root(start: str | Path | None = None) -> Path:
+    """The project folder: the nearest of ``start`` (default: the working directory) and its parents
+    holding ``dvc.yaml``, ``.dvc`` or ``.git``; ``start`` itself when none does."""
+    here = Path.cwd() if start is None else Path(start)
+    here = here.resolve()
+    for folder in (here, *here.parents):
+        if any((folder / marker).exists() for marker in PROJECT_MARKERS):
+            return folder
+    return here
+
+
 def lock_path() -> Path:
-    """The packaged lock file, next to the packaged ``sources.yaml``."""
-    return Path(str(importlib.resources.files("wbc").joinpath(LOCK_FILE)))
+    """The project's lock file, ``<project root>/sources.lock.yaml`` beside ``dvc.lock``: a run pins
+    sources in the user's project, never in the library's source tree or site-packages."""
+    return project_root() / LOCK_FILE
 
 
 def lock_key(source: dict) -> str:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # torch is imported inside the functions: `wbc --help` stays 
     from torch import nn
 
 
+from wbc import kernels
 from wbc.errors import ConfigError, WbcError
 
 #: Model names `build_model` accepts: the paper's nine, then efficientnet_b0, convnext_tiny, vit_b_16.
@@ -244,7 +245,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
     if missing:
         raise WbcError(f"checkpoint {path} lacks {', '.join(missing)}")
-    norm = str((ckpt.get("params") or {}).get("norm") or "batch")
+    params = ckpt.get("params") or {}
+    # the kernels and threads it was trained with, before the first tensor operation (wbc.kernels)
+    kernels.pin_for_inference(str(params.get("cpu_kernels") or "native"), params.get("threads"))
+    norm = str(params.get("norm") or "batch")
     model = build_model(ckpt["model_name"], len(ckpt["classes"]), pretrained=False,
                         image_size=int(ckpt["image_size"]), norm=norm)
     model.load_state_dict(ckpt["state_dict"])

@@ -23,7 +23,9 @@ How it works
   (`<log_dir>/plots/metrics/{train,val}/*.tsv`, `<log_dir>/metrics.json`).
 - Device auto = CUDA, then MPS, then CPU; autocast (float16) + GradScaler and channels_last on
   CUDA only. Reproducible on CPU: python/numpy/torch seeded, deterministic algorithms requested
-  (warn_only), fixed thread count when `threads` is set.
+  (warn_only), fixed thread count when `threads` is set, and the CPU kernels pinned
+  (`cpu_kernels`, wbc.kernels: the same bytes on any x86-64 CPU with AVX2); the checkpoint records
+  the verified kernel state under `params.kernels`.
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from torch.utils.data import WeightedRandomSampler
 from tqdm import tqdm
 
-from wbc import distributed
+from wbc import distributed, kernels
 from wbc.augment import WIDE_SCALE, stain_augment
 from wbc.errors import ConfigError, WbcError
 from wbc.models import build_model, check_model_name, check_norm, save_checkpoint
@@ -80,6 +82,7 @@ class TrainConfig:
     workers: int = 0
     device: str = "auto"
     threads: int | None = None      # torch CPU threads (None: torch's default)
+    cpu_kernels: str = kernels.DEFAULT_LEVEL  # avx2 | baseline | native: CPU kernel pinning (wbc.kernels)
     max_steps: int | None = None    # cap on training batches per epoch (smoke tests, benchmarks)
 
     def __post_init__(self) -> None:
@@ -97,6 +100,7 @@ class TrainConfig:
         if int(self.workers) < 0:
             raise ConfigError(f"train.workers must be >= 0; got {self.workers!r}")
         check_norm(self.norm)
+        kernels.check_level(self.cpu_kernels)
         if not 0 < float(self.stain_strength) <= 4:
             raise ConfigError(f"train.stain_strength must be in (0, 4]; got {self.stain_strength!r}")
         if not 0 < float(self.scale_min) <= float(self.scale_max):
@@ -501,14 +505,16 @@ def train_model(model_name: str, packed_dir: str | Path, cfg: TrainConfig, out: 
         raise WbcError(f"the train set in {packed_dir} is empty")
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
+        kernel_state = kernels.pin(cfg.cpu_kernels)  # before the first tensor operation of a fresh process
         seed_everything(cfg.seed, cfg.threads)
-        return _train(model_name, cfg, out, log_dir, meta, train_set, val_set)
+        return _train(model_name, cfg, out, log_dir, meta, train_set, val_set, kernel_state)
     finally:  # leave the process's torch settings as they were
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
 
 
-def _train(model_name: str, cfg: TrainConfig, out: str | Path, log_dir: str | Path | None, meta: dict[str, Any], train_set: PackedSet, val_set: PackedSet) -> TrainResult:
+def _train(model_name: str, cfg: TrainConfig, out: str | Path, log_dir: str | Path | None, meta: dict[str, Any],
+           train_set: PackedSet, val_set: PackedSet, kernel_state: dict[str, str]) -> TrainResult:
     """The body of `train_model` (after validation and seeding)."""
     num_classes, image_size = len(meta["classes"]), int(meta["image_size"])
     ddp = distributed.env_from()  # torchrun: DistributedDataParallel (wbc.distributed); else a no-op
@@ -552,7 +558,7 @@ def _train(model_name: str, cfg: TrainConfig, out: str | Path, log_dir: str | Pa
     trainer.model.load_state_dict(best_state)
     val_f1 = float(best_f1)
     params = {"model": model_name, **{k: v for k, v in cfg.to_dict().items() if v is not None},
-              **input_params(meta)}
+              **input_params(meta), "kernels": kernel_state}
     path = Path(out)
     if ddp.is_main:  # one checkpoint, written by rank 0
         path = save_checkpoint(out, trainer.model, model_name=model_name, classes=list(meta["classes"]),

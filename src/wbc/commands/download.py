@@ -1,8 +1,10 @@
 """`wbc download`: fetch source archives (by source id or profile name) into a folder, verified
-against the checksum lock (`src/wbc/sources.lock.yaml`); `--accept-new` re-pins."""
+against the checksum lock (`sources.lock.yaml` at the project root, beside dvc.lock); `--accept-new`
+re-pins."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from wbc import fetch, sources
 
@@ -21,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retries", type=int, default=5, help="retries after a failed try (default: %(default)s)")
     parser.add_argument("--backoff", type=float, default=1.0,
                         help="seconds before the first retry, doubled each time (default: %(default)s)")
+    parser.add_argument("--lock", default=None, metavar="FILE",
+                        help="checksum lock file (default: sources.lock.yaml at the project root, the nearest folder "
+                             "up from here with dvc.yaml, .dvc or .git)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--accept-new", action="store_true",
                         help="upstream legitimately published a new version: forget the pinned size/sha256 of "
@@ -29,13 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Fetch every named source; generated (synthetic) sources are skipped with a note."""
+    lock = fetch.lock_path() if args.lock is None else Path(args.lock)
     for entry in sources.resolve_names(args.names):
         if entry.get("generator"):
             print(f"{entry['id']}: generated ({entry['generator']}), not downloaded: use `wbc synth`")
             continue
         result = fetch.fetch(entry, args.dest, mirror=args.mirror, timeout=args.timeout, retries=args.retries,
-                             backoff=args.backoff, progress=not args.no_progress, accept_new=args.accept_new)
+                             backoff=args.backoff, progress=not args.no_progress, lock=lock,
+                             accept_new=args.accept_new)
         how = "already present, verified" if result.reused else f"from {result.origin}"
-        pinned = f", pinned in {fetch.lock_path()}" if result.pinned else ""
+        pinned = f", pinned in {lock}" if result.pinned else ""
         print(f"{entry['id']}: {result.path} ({result.size / 2**20:.1f} MiB, sha256 {result.sha256}) {how}{pinned}")
     return 0
