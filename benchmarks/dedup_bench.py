@@ -146,7 +146,7 @@ def candidate_quality(f: dedup.Features, mode: str, truth: dict[str, int]) -> di
 
 def synthetic_quality(out_dir: Path, scale: float = 0.3) -> dict[str, dict[str, float]]:
     """Both modes on the synthetic archives' planted groups (near_duplicate, exact_copy, label_conflict)."""
-    from wbc import synthetic
+    from wbc.data import synthetic
 
     paths = synthetic.generate(out_dir, scale=scale)
     rows = [r for r in synthetic.read_truth(paths[-1]) if r["kind"] != "broken"]

@@ -1,11 +1,11 @@
-"""Benchmark of the Tavakoli feature extraction (`wbc.features.extract_rows`) on the real PBC five classes.
+"""Benchmark of the Tavakoli feature extraction (`wbc.cells.features.extract_rows`) on the real PBC five classes.
 
 The 10,298 images of the five WBC classes of the PBC zip are written to a temporary image store
 (as the download stage stores them), then their 51 features are extracted from the store with
 `extract_rows` (read + JPEG decode + segmentation + features, forked workers): images/s with
 --workers processes (default 2) and with 1. Also: where one image's time goes (one process), the
 segmentation status counts and mean shape features per class, and a sanity check of the classifier
-(`wbc.tavakoli`, stratified 80/20 split of the same images; PBC holds same-field twins, so this is
+(`wbc.learn.tavakoli`, stratified 80/20 split of the same images; PBC holds same-field twins, so this is
 an optimistic in-dataset figure, not a result).
 
     nice -n 10 python benchmarks/features_bench.py [--shared ../shared] [--workers 2]
@@ -30,10 +30,10 @@ from sklearn.model_selection import train_test_split
 
 from dedup_bench import md_table, pbc_members
 from wbc import LABELS
-from wbc.features import extract_rows, features_of
-from wbc.segment import segment
-from wbc.store import StoreWriter, decode_image
-from wbc.tavakoli import TavakoliSVM
+from wbc.cells.features import extract_rows, features_of
+from wbc.cells.segment import segment
+from wbc.data.store import StoreWriter, decode_image
+from wbc.learn.tavakoli import TavakoliSVM
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         X, status, par = timed_extract(rows, Path(tmp) / "store", args.workers)
         X1, status1, one = timed_extract(rows, Path(tmp) / "store", 1)
     assert np.array_equal(X, X1, equal_nan=True) and (status == status1).all(), "workers changed the result"
-    lines += ["## Speed", "", "`extract_rows` end to end: store read, JPEG decode (`wbc.store.decode_image`), "
+    lines += ["## Speed", "", "`extract_rows` end to end: store read, JPEG decode (`wbc.data.store.decode_image`), "
               "segmentation, 51 features; identical results with 1 and N workers. `images_per_s` is wall-clock on "
               "this machine as it was (other jobs were running: see the load average; the benchmark ran under "
               "`nice`); `images_per_s_on_2_free_cores` = 2 / (CPU seconds per image), the rate of 2 unshared cores "

@@ -3,10 +3,10 @@ PBC's test split and on other labs' images (LISC), baseline vs each lever alone 
 
 Input: a finished `pbc` profile run (its kept.csv, image store, splits.csv and feature files, e.g.
 `dvc exp run -S data.profile=pbc -S data.mirror=/abs/pbc` in a clone). The script packs the split
-once per crop setting (`wbc.split.pack`), trains one resnet18 per training setting
-(`wbc.train.train_model`, params.yaml `train` section, one seed), evaluates every model under every
-test-time setting (`wbc.evaluate.evaluate_predictor` with the external folder set) and writes the
-report (`wbc.generalization.write_report`). Each step is skipped when its output exists, so an
+once per crop setting (`wbc.dataset.split.pack`), trains one resnet18 per training setting
+(`wbc.learn.train.train_model`, params.yaml `train` section, one seed), evaluates every model under every
+test-time setting (`wbc.results.evaluate.evaluate_predictor` with the external folder set) and writes the
+report (`wbc.results.generalization.write_report`). Each step is skipped when its output exists, so an
 interrupted run resumes. Nothing is trained on the external set.
 
     python benchmarks/generalization_bench.py --run /tmp/gen --external lisc=../shared/data/external/lisc/LISC_crops.zip
@@ -22,17 +22,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wbc.cellcrop import CropSpec
-from wbc.evaluate import evaluate_predictor
-from wbc.external import parse_specs
-from wbc.generalization import collect, write_report
-from wbc.params import load_params
-from wbc.predictors import load_predictor
-from wbc.report import ci_half_width
-from wbc.runs import train_run
-from wbc.split import Assignment, load_kept, pack
-from wbc.stainnorm import lab_target
-from wbc.train import input_params
+from wbc.cells.cellcrop import CropSpec
+from wbc.results.evaluate import evaluate_predictor
+from wbc.dataset.external import parse_specs
+from wbc.results.generalization import collect, write_report
+from wbc.core.params import load_params
+from wbc.results.predictors import load_predictor
+from wbc.results.report import ci_half_width
+from wbc.learn.runs import train_run
+from wbc.dataset.split import Assignment, load_kept, pack
+from wbc.cells.stainnorm import lab_target
+from wbc.learn.train import input_params
 
 #: Training settings: name -> (crop, train overrides).
 TRAININGS = {
@@ -44,7 +44,7 @@ TRAININGS = {
     "cell+stain+group": ("cell", {"stain_augment": True, "norm": "group"}),
     # 3x the run's 4 epochs, the learning rate divided by 10 for the last 4 (StepLR)
     "cell+stain+long": ("cell", {"stain_augment": True, "epochs": 12, "step_size": 8}),
-    # the same recipe on crops scaled by the red cells (wbc.redcells): the cell keeps its size
+    # the same recipe on crops scaled by the red cells (wbc.cells.redcells): the cell keeps its size
     "rbc+stain+long": ("rbc", {"stain_augment": True, "epochs": 12, "step_size": 8}),
     # and with twice the colour ranges (train.stain_strength 2)
     "rbc+strong+long": ("rbc", {"stain_augment": True, "stain_strength": 2.0, "epochs": 12, "step_size": 8}),

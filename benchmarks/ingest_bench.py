@@ -5,8 +5,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from wbc.ingest import ingest_sources
-from wbc.sources import get_source
+from wbc.data.ingest import ingest_sources
+from wbc.data.sources import get_source
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared/data/pbc/PBC_dataset_normal_DIB.zip"
 

@@ -1,4 +1,4 @@
-"""The speed cost of pinning the CPU kernels (wbc.kernels, params `train.cpu_kernels`).
+"""The speed cost of pinning the CPU kernels (wbc.learn.kernels, params `train.cpu_kernels`).
 
 For each level (native = nothing pinned, the baseline of the ratios; avx2 = the default; baseline =
 any x86-64 CPU) a fresh process (the libraries read their setting once) pins the level, then times
@@ -19,11 +19,11 @@ import sys
 
 CHILD = r"""
 import json, sys, time
-from wbc import kernels
+from wbc.learn import kernels
 level, models, steps, threads, size = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 state = kernels.pin(level, threads)
 import torch
-from wbc.models import build_model
+from wbc.learn.models import build_model
 out = {"state": state, "models": {}}
 for name in models:
     torch.manual_seed(0)

@@ -1,8 +1,8 @@
-"""How steady is the red-cell ruler (wbc.redcells) within a lab, and how far apart are labs?
+"""How steady is the red-cell ruler (wbc.cells.redcells) within a lab, and how far apart are labs?
 
-For every image of each set given (folders or zips of class folders, read with `wbc.inputs`): the
-white cell's box (`wbc.cellcrop.cell_box`) and the median red-cell diameter found outside it
-(`wbc.redcells.red_cell_diameter`). Prints and writes, per set: images, the share where a diameter
+For every image of each set given (folders or zips of class folders, read with `wbc.dataset.inputs`): the
+white cell's box (`wbc.cells.cellcrop.cell_box`) and the median red-cell diameter found outside it
+(`wbc.cells.redcells.red_cell_diameter`). Prints and writes, per set: images, the share where a diameter
 was measured (the others get the `cell` crop), the median diameter in px and as a fraction of the
 image's shorter side, the interquartile range and the coefficient of variation (a ruler that is
 steady within one lab and camera has a small one), and the seconds per image. `--figure` draws the
@@ -23,9 +23,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from wbc.cellcrop import cell_box
-from wbc.inputs import collect_inputs, iter_images
-from wbc.redcells import find_red_cells, median_diameter
+from wbc.cells.cellcrop import cell_box
+from wbc.dataset.inputs import collect_inputs, iter_images
+from wbc.cells.redcells import find_red_cells, median_diameter
 
 
 def measure(path: str, every: int) -> tuple[list[float], list[float], int, float, list[np.ndarray]]:

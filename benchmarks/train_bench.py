@@ -1,13 +1,13 @@
 """Training input pipeline and model throughput on this machine.
 
 1. Loader: images/s delivered to the model (normalised, augmented float batches) by our loader
-   (memory-mapped packed uint8 tensors + batched tensor augmentation, wbc.train) versus the usual
+   (memory-mapped packed uint8 tensors + batched tensor augmentation, wbc.learn.train) versus the usual
    torchvision ImageFolder + PIL JPEG decoding + transforms.v2 (centre crop, resize, flips, random
    rescale 0.9-1.1, ToDtype/Normalize), on the same N real PBC images, same batch size and workers.
 2. Training images/s per model (forward + backward + SGD step, a few steps) at 224 px and 64 px.
 
 With `--stain-augment` both sides also do the generalization augmentation (train.stain_augment):
-ours `wbc.augment.stain_augment` (H&E stain jitter, brightness/contrast/saturation/hue, gamma, blur,
+ours `wbc.learn.augment.stain_augment` (H&E stain jitter, brightness/contrast/saturation/hue, gamma, blur,
 JPEG, 90-degree rotations) and the zoom widened to 0.7-1.4; the baseline the closest transforms.v2
 (ColorJitter, GaussianBlur p 0.3, JPEG p 0.3, a random 90-degree rotation, RandomAffine scale
 0.7-1.4; v2 has no stain jitter or gamma, so the baseline does a little less work).
@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 from wbc import LABELS
-from wbc.augment import WIDE_SCALE, stain_augment
-from wbc.models import MODEL_NAMES, build_model
-from wbc.split import square_resize
-from wbc.store import decode_image
-from wbc.train import PackedSet, augment, make_loader, mean_colour, normalise
+from wbc.learn.augment import WIDE_SCALE, stain_augment
+from wbc.learn.models import MODEL_NAMES, build_model
+from wbc.dataset.split import square_resize
+from wbc.data.store import decode_image
+from wbc.learn.train import PackedSet, augment, make_loader, mean_colour, normalise
 
 ZIP = Path(os.environ.get("WBC_SHARED", "../shared")) / "data" / "pbc" / "PBC_dataset_normal_DIB.zip"
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -82,7 +82,7 @@ def ours(packed: Path, batch: int, workers: int, stain: bool = False):
     fill = mean_colour(mean)
     scale = WIDE_SCALE if stain else (0.9, 1.1)
     sampler = torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(0))
-    loader = make_loader(ds, batch, sampler=sampler, workers=workers,  # as wbc.train does: stain augmentation
+    loader = make_loader(ds, batch, sampler=sampler, workers=workers,  # as wbc.learn.train does: stain augmentation
                          transform=stain_augment if stain else None)  # where the batch is read (the workers)
     for x, y in loader:
         x = augment(x, gen, scale, fill=fill)
@@ -90,7 +90,7 @@ def ours(packed: Path, batch: int, workers: int, stain: bool = False):
 
 
 def _rot90(img: torch.Tensor) -> torch.Tensor:
-    """A random 90-degree rotation (the baseline's counterpart of wbc.augment.rotate90)."""
+    """A random 90-degree rotation (the baseline's counterpart of wbc.learn.augment.rotate90)."""
     return torch.rot90(img, int(torch.randint(0, 4, ())), dims=(-2, -1))
 
 
@@ -176,7 +176,7 @@ def main() -> int:
              f"Both sides: {args.loader_threads} torch thread(s) in the main process, the same DataLoader workers "
              "(1 torch thread each, torch's default in workers), the same images, flips and zoom 0.9-1.1 about the "
              "centre, float32 normalised output. Ours: packed uint8 memory map, batched uint8 augmentation in the "
-             "main process (as `wbc.train.Trainer`), then normalisation. Baseline: `ImageFolder` + PIL decoding + "
+             "main process (as `wbc.learn.train.Trainer`), then normalisation. Baseline: `ImageFolder` + PIL decoding + "
              "transforms.v2 (PILToTensor, CenterCrop 360, Resize, RandomHorizontalFlip, RandomVerticalFlip, "
              f"RandomAffine(scale=0.9-1.1), ToDtype, Normalize) in the workers. Median of {args.repeats} interleaved "
              "runs of one pass over the images.\n",

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from wbc import dedup_run
-from wbc.ingest import read_manifest
-from wbc.params import load_params, run_stage
+from wbc.data.ingest import read_manifest
+from wbc.core.params import load_params, run_stage
 
 
 def main() -> int:

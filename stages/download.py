@@ -10,8 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
-from wbc import fetch, ingest, plots, sources, synthetic
-from wbc.params import load_params, run_stage
+from wbc.data import fetch, ingest, plots, sources, synthetic
+from wbc.core.params import load_params, run_stage
 
 
 def main() -> int:

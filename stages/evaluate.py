@@ -3,17 +3,17 @@ test set and every external set -> metrics.json, predictions and confusion matri
 
 dvc.yaml writes every path on the command line; params: evaluate.batch_size, evaluate.adapt
 (none | adabn), evaluate.stain_norm (none | reinhard), evaluate.tta, evaluate.external (folder sets,
-wbc.external).
+wbc.dataset.external).
 """
 from __future__ import annotations
 
 import argparse
 
-from wbc.evaluate import evaluate_predictor
-from wbc.external import parse_specs
-from wbc.params import load_params, run_stage
-from wbc.predictors import load_predictor
-from wbc.train import select_device
+from wbc.results.evaluate import evaluate_predictor
+from wbc.dataset.external import parse_specs
+from wbc.core.params import load_params, run_stage
+from wbc.results.predictors import load_predictor
+from wbc.learn.train import select_device
 
 
 def main() -> int:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from wbc.featurize import featurize_sets
-from wbc.params import load_params, run_stage
+from wbc.cells.featurize import featurize_sets
+from wbc.core.params import load_params, run_stage
 
 
 def main() -> int:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-from wbc.params import load_params, run_stage
-from wbc.report import write_results
-from wbc.zoo import check_table, table_runs
+from wbc.core.params import load_params, run_stage
+from wbc.results.report import write_results
+from wbc.learn.zoo import check_table, table_runs
 
 
 def main() -> int:

@@ -9,9 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from wbc import split
-from wbc.cellcrop import DEFAULT_SPAN
-from wbc.params import load_params, run_stage
+from wbc.dataset import split
+from wbc.cells.cellcrop import DEFAULT_SPAN
+from wbc.core.params import load_params, run_stage
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)

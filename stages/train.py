@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from wbc.params import load_params, run_stage
-from wbc.runs import train_run
+from wbc.core.params import load_params, run_stage
+from wbc.learn.runs import train_run
 
 
 def main() -> int:

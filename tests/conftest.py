@@ -7,7 +7,7 @@ the real-data tests cannot silently stop running there; a user's runner (CI=true
 ../shared, e.g. the GitHub workflow in .github/workflows/repro.yml) skips them.
 
 The session fails when the run changed tracked files or left new ones outside the declared DVC
-outputs (tests/git_clean.py), and the CPU kernels are pinned before torch loads (wbc.kernels).
+outputs (tests/git_clean.py), and the CPU kernels are pinned before torch loads (wbc.learn.kernels).
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from wbc import kernels
+from wbc.learn import kernels
 from git_clean import pytest_sessionfinish, pytest_sessionstart  # noqa: F401  (hooks: the run leaves git clean)
 
-# Before any test module imports torch: the CPU kernels the training code pins (wbc.kernels), so
+# Before any test module imports torch: the CPU kernels the training code pins (wbc.learn.kernels), so
 # tests that train or load a model in this process run the same kernels as `dvc repro`.
 kernels.pin_environment(kernels.DEFAULT_LEVEL)
 

@@ -6,7 +6,7 @@ import pytest
 
 from wbc import ann
 from wbc.dedup import _params, hamming_pairs, knn_pairs, standardise
-from wbc.errors import ConfigError
+from wbc.core.errors import ConfigError
 
 pytest.importorskip("faiss")
 

@@ -1,4 +1,4 @@
-"""wbc.archives: real RAR fixtures (../shared/fixtures/rar) and hostile zip/tar archives built here."""
+"""wbc.data.archives: real RAR fixtures (../shared/fixtures/rar) and hostile zip/tar archives built here."""
 from __future__ import annotations
 
 import io
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from wbc import archives
-from wbc.archives import Limits, iter_members, list_entries, safe_extract
-from wbc.errors import ArchiveError
+from wbc.data import archives
+from wbc.data.archives import Limits, iter_members, list_entries, safe_extract
+from wbc.core.errors import ArchiveError
 
 
 # ----------------------------------------------------------------------------- helpers

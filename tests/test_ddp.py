@@ -1,4 +1,4 @@
-"""wbc.distributed: DistributedDataParallel training under torchrun (CPU, gloo, 2 processes)."""
+"""wbc.learn.distributed: DistributedDataParallel training under torchrun (CPU, gloo, 2 processes)."""
 from __future__ import annotations
 
 import json
@@ -13,13 +13,13 @@ import torch
 from torch.utils.data import SequentialSampler
 
 from test_train import FAST, make_packed
-from wbc.distributed import DistEnv, ShardedSampler, env_from, shard
+from wbc.learn.distributed import DistEnv, ShardedSampler, env_from, shard
 
 ROOT = Path(__file__).resolve().parents[1]
 #: One training run: the config of tests/test_train.py, a few more epochs; prints a JSON line.
 DRIVER = """
 import json, os, sys
-from wbc.train import TrainConfig, train_model
+from wbc.learn.train import TrainConfig, train_model
 cfg = TrainConfig(**json.loads(sys.argv[3]))
 res = train_model("resnet18", sys.argv[1], cfg, sys.argv[2], log_dir=sys.argv[2] + ".log")
 print(json.dumps({"rank": int(os.environ.get("RANK", 0)), "f1": res.val_macro_f1}))

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from wbc import LABELS, dedup
-from wbc.errors import ConfigError
+from wbc.core.errors import ConfigError
 
 # --------------------------------------------------------------------------------------------
 # Drawn smear fields: a centred dark "white cell" among pale "red cells"
@@ -178,7 +178,7 @@ def test_coarse_screen_and_parallel_verification_change_nothing(drawn):
 
 
 def test_draft_decode_is_reduced_for_jpeg_only():
-    from wbc.store import decode_image
+    from wbc.data.store import decode_image
 
     rgb = smear(7, side=360)
     jpg, png = io.BytesIO(), io.BytesIO()
@@ -286,7 +286,7 @@ def test_cross_duplicates_between_sets():
 # --------------------------------------------------------------------------------------------
 
 def test_cli_dedup_folder_with_unreadable_file_and_empty_folder(tmp_path, capsys):
-    from wbc.cli import main
+    from wbc.apps.cli import main
 
     images, truth = planted(n_distinct=6)
     (tmp_path / "imgs" / "sub").mkdir(parents=True)
@@ -321,7 +321,7 @@ def test_cli_dedup_folder_with_unreadable_file_and_empty_folder(tmp_path, capsys
 # --------------------------------------------------------------------------------------------
 
 def test_synthetic_planted_groups_found(tmp_path):
-    from wbc import synthetic
+    from wbc.data import synthetic
 
     paths = synthetic.generate(tmp_path, scale=0.3, workers=1)
     rows = [r for r in synthetic.read_truth(paths[-1]) if r["kind"] != "broken"]

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from wbc import dedup, dedup_run, ingest, sources, synthetic
-from wbc.store import StoreWriter
+from wbc import dedup, dedup_run
+from wbc.data import ingest, sources, synthetic
+from wbc.data.store import StoreWriter
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""wbc.fetch.fetch and `wbc download` against a local HTTP server with injected faults (offline),
+"""wbc.data.fetch.fetch and `wbc download` against a local HTTP server with injected faults (offline),
 and the checksum lock (trust on first use). Every test pins into its own temporary lock file."""
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from wbc import cli, fetch, sources
-from wbc.errors import ChecksumError, ConfigError, DownloadError
+from wbc.apps import cli
+from wbc.data import fetch, pins, sources
+from wbc.core.errors import ChecksumError, ConfigError, DownloadError
 
 BODY = hashlib.sha256(b"seed").digest() * 10_000 + b"tail"  # 320,004 bytes, several chunks
 BODY_SHA = hashlib.sha256(BODY).hexdigest()
@@ -143,9 +144,9 @@ def server():
 
 @pytest.fixture(autouse=True)
 def lock_file(tmp_path_factory, monkeypatch) -> Path:
-    """The checksum lock of the test: a fresh file, never the packaged src/wbc/sources.lock.yaml."""
+    """The checksum lock of the test: a fresh file, never the packaged src/wbc/data/sources.lock.yaml."""
     path = tmp_path_factory.mktemp("lock") / "sources.lock.yaml"
-    monkeypatch.setattr(fetch, "lock_path", lambda: path)
+    monkeypatch.setattr(pins, "lock_path", lambda: path)
     return path
 
 
@@ -382,7 +383,7 @@ def test_real_pbc_entry_resolves_in_the_shared_mirror(shared_dir, tmp_path, lock
     assert result.sha256 == PBC_SHA
     assert result.size == (mirror / "PBC_dataset_normal_DIB.zip").stat().st_size
     assert files_in(tmp_path) == ["PBC_dataset_normal_DIB.zip"]
-    assert result.pinned and fetch.load_lock(lock_file)["pbc"] == {
+    assert result.pinned and pins.load_lock(lock_file)["pbc"] == {
         "file": "PBC_dataset_normal_DIB.zip", "size": result.size, "sha256": PBC_SHA}
 
 
@@ -456,8 +457,8 @@ def pin_demo(server, raw: Path) -> dict:
 
 def test_first_download_records_the_pin(server, tmp_path, lock_file):
     source = pin_demo(server, tmp_path / "raw")
-    assert lock_file == fetch.lock_path() and lock_file.parent != tmp_path / "raw"
-    assert fetch.load_lock(lock_file) == {"demo": {"file": "demo.zip", "size": len(BODY), "sha256": BODY_SHA}}
+    assert lock_file == pins.lock_path() and lock_file.parent != tmp_path / "raw"
+    assert pins.load_lock(lock_file) == {"demo": {"file": "demo.zip", "size": len(BODY), "sha256": BODY_SHA}}
     again = fetch.fetch(source, tmp_path / "raw", **FAST)  # reuse: verified against the pin, not re-pinned
     assert again.reused and not again.pinned and len(server.log) == 1
 
@@ -468,11 +469,11 @@ def test_lock_is_written_deterministically(server, tmp_path, lock_file):
     for sid in ("zeta", "alpha"):
         fetch.fetch(unpublished(f"{server.url}/{sid}.zip", sid), tmp_path / "raw", **FAST)
     text = lock_file.read_text(encoding="utf-8")
-    assert text == fetch.LOCK_HEADER + (
+    assert text == pins.LOCK_HEADER + (
         f"alpha:\n  file: alpha.zip\n  sha256: {OTHER_SHA}\n  size: {len(OTHER)}\n"
         f"zeta:\n  file: zeta.zip\n  sha256: {BODY_SHA}\n  size: {len(BODY)}\n")
     other = tmp_path / "other.lock.yaml"
-    fetch.save_lock(dict(reversed(list(fetch.load_lock(lock_file).items()))), other)
+    pins.save_lock(dict(reversed(list(pins.load_lock(lock_file).items()))), other)
     assert other.read_bytes() == lock_file.read_bytes()
 
 
@@ -502,7 +503,7 @@ def test_changed_upstream_fails_against_the_pin(server, tmp_path, lock_file):
     assert f"got sha256 {OTHER_SHA} ({len(OTHER)} bytes). The download was deleted" in msg
     assert "re-pin it with `wbc download --accept-new demo`" in msg
     assert files_in(tmp_path / "raw") == []
-    assert fetch.load_lock(lock_file)["demo"]["sha256"] == BODY_SHA  # the pin is unchanged
+    assert pins.load_lock(lock_file)["demo"]["sha256"] == BODY_SHA  # the pin is unchanged
 
 
 def test_accept_new_repins_after_a_legitimate_change(server, tmp_path, lock_file):
@@ -511,7 +512,7 @@ def test_accept_new_repins_after_a_legitimate_change(server, tmp_path, lock_file
     result = fetch.fetch(source, tmp_path / "raw", accept_new=True, **FAST)
     assert not result.reused and result.pinned and result.sha256 == OTHER_SHA
     assert (tmp_path / "raw" / "demo.zip").read_bytes() == OTHER
-    assert fetch.load_lock(lock_file)["demo"] == {"file": "demo.zip", "size": len(OTHER), "sha256": OTHER_SHA}
+    assert pins.load_lock(lock_file)["demo"] == {"file": "demo.zip", "size": len(OTHER), "sha256": OTHER_SHA}
 
 
 def test_mirror_copy_is_verified_against_the_pin(server, tmp_path):
@@ -528,7 +529,7 @@ def test_unpinned_file_already_in_raw_is_pinned_on_first_use(server, tmp_path, l
     (tmp_path / "demo.zip").write_bytes(BODY)
     result = fetch.fetch(unpublished(server.url + "/demo.zip"), tmp_path, **FAST)
     assert result.reused and result.pinned and server.log == []
-    assert fetch.load_lock(lock_file)["demo"]["sha256"] == BODY_SHA
+    assert pins.load_lock(lock_file)["demo"]["sha256"] == BODY_SHA
 
 
 def test_published_checksum_is_verified_from_the_first_download_and_not_pinned(server, tmp_path, lock_file):
@@ -542,7 +543,7 @@ def test_published_checksum_is_verified_from_the_first_download_and_not_pinned(s
 
 
 def test_pin_disagreeing_with_the_published_checksum_is_an_error(server, tmp_path, lock_file):
-    fetch.save_lock({"demo": {"file": "demo.zip", "size": len(BODY), "sha256": OTHER_SHA}}, lock_file)
+    pins.save_lock({"demo": {"file": "demo.zip", "size": len(BODY), "sha256": OTHER_SHA}}, lock_file)
     with pytest.raises(ConfigError, match=f"the pin of demo disagrees with the registry: pins sha256 {OTHER_SHA} "
                                           f"but sources.yaml publishes {BODY_SHA}.*--accept-new demo"):
         fetch.fetch(make_source(server.url + "/demo.zip"), tmp_path, **FAST)
@@ -552,7 +553,7 @@ def test_pin_disagreeing_with_the_published_checksum_is_an_error(server, tmp_pat
 def test_size_only_published_source_pins_its_sha256(server, tmp_path, lock_file):
     server.routes["/demo.zip"] = Route(["full"])
     result = fetch.fetch(make_source(server.url + "/demo.zip", sha256=None), tmp_path, **FAST)
-    assert result.pinned and fetch.load_lock(lock_file)["demo"]["sha256"] == BODY_SHA
+    assert result.pinned and pins.load_lock(lock_file)["demo"]["sha256"] == BODY_SHA
 
 
 def test_download_command_accept_new_and_one_line_checksum_error(server, test_registry, tmp_path, lock_file, capsys):
@@ -578,8 +579,8 @@ def test_download_command_accept_new_and_one_line_checksum_error(server, test_re
 def test_project_lock_sits_beside_dvc_lock_and_agrees_with_the_registry():
     assert PROJECT_LOCK.is_file() and (ROOT / "dvc.lock").is_file()
     assert not Path(sources.__file__).with_name("sources.lock.yaml").exists()  # never inside the package
-    assert PROJECT_LOCK.read_text(encoding="utf-8").startswith(fetch.LOCK_HEADER)
-    assert fetch.lock_problems(fetch.load_lock(PROJECT_LOCK), sources.load_registry()) == []
+    assert PROJECT_LOCK.read_text(encoding="utf-8").startswith(pins.LOCK_HEADER)
+    assert pins.lock_problems(pins.load_lock(PROJECT_LOCK), sources.load_registry()) == []
 
 
 def test_lock_path_is_the_project_root_found_from_any_subfolder(tmp_path, monkeypatch):
@@ -587,14 +588,14 @@ def test_lock_path_is_the_project_root_found_from_any_subfolder(tmp_path, monkey
     (project / "data" / "raw").mkdir(parents=True)
     (project / "dvc.yaml").write_text("stages: {}\n")
     monkeypatch.chdir(project / "data" / "raw")
-    assert fetch.project_root() == project.resolve()  # fetch.lock_path() is project_root() / LOCK_FILE
+    assert pins.project_root() == project.resolve()  # pins.lock_path() is project_root() / LOCK_FILE
     bare = tmp_path / "bare"  # no project marker up to tmp_path: the working directory
     bare.mkdir()
-    assert fetch.project_root(bare) in (bare.resolve(), *bare.resolve().parents)
+    assert pins.project_root(bare) in (bare.resolve(), *bare.resolve().parents)
 
 
 def test_download_command_writes_the_pin_to_the_given_lock(server, test_registry, tmp_path, monkeypatch, capsys):
-    from wbc import cli
+    from wbc.apps import cli
 
     test_registry["sources"]["demo"].update(size=None, sha256=None)
     server.routes["/demo.zip"] = Route(["full"])
@@ -602,19 +603,19 @@ def test_download_command_writes_the_pin_to_the_given_lock(server, test_registry
     lock = tmp_path / "my.lock.yaml"
     assert cli.main(["download", "demo", "--dest", str(tmp_path / "raw"), "--lock", str(lock), "--no-progress",
                      "--retries", "0"]) == 0
-    assert fetch.load_lock(lock)["demo"]["sha256"] == BODY_SHA and f"pinned in {lock}" in capsys.readouterr().out
+    assert pins.load_lock(lock)["demo"]["sha256"] == BODY_SHA and f"pinned in {lock}" in capsys.readouterr().out
 
 
 def test_missing_lock_is_empty(tmp_path):
-    assert fetch.load_lock(tmp_path / "none.yaml") == {}
+    assert pins.load_lock(tmp_path / "none.yaml") == {}
 
 
 def test_save_lock_sorts_and_round_trips(tmp_path):
-    pins = {"b": {"size": 2, "sha256": SHA_B, "file": "b.zip"}, "a": {"sha256": SHA_A, "file": "a.zip", "size": 1}}
-    path = fetch.save_lock(pins, tmp_path / "lock.yaml")
-    assert path.read_text(encoding="utf-8") == fetch.LOCK_HEADER + (
+    recorded = {"b": {"size": 2, "sha256": SHA_B, "file": "b.zip"}, "a": {"sha256": SHA_A, "file": "a.zip", "size": 1}}
+    path = pins.save_lock(recorded, tmp_path / "lock.yaml")
+    assert path.read_text(encoding="utf-8") == pins.LOCK_HEADER + (
         f"a:\n  file: a.zip\n  sha256: {SHA_A}\n  size: 1\nb:\n  file: b.zip\n  sha256: {SHA_B}\n  size: 2\n")
-    assert fetch.load_lock(path) == pins
+    assert pins.load_lock(path) == recorded
     assert [p.name for p in tmp_path.iterdir()] == ["lock.yaml"]  # no temp file left
 
 
@@ -628,28 +629,28 @@ def test_save_lock_sorts_and_round_trips(tmp_path):
 def test_invalid_lock(tmp_path, text, message):
     (tmp_path / "lock.yaml").write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError, match="invalid checksum lock") as info:
-        fetch.load_lock(tmp_path / "lock.yaml")
+        pins.load_lock(tmp_path / "lock.yaml")
     assert message in str(info.value)
 
 
 def test_lock_problems_against_the_registry():
     reg = {"sources": {"a": make_source("https://example.org/a.zip", size=10, sha256=SHA_A),
                        "g": {"generator": "synthetic", "file": "g.zip"}}}
-    pins = {"a": {"file": "demo.zip", "size": 10, "sha256": SHA_B}, "g": {"file": "g.zip", "size": 1, "sha256": SHA_A},
-            "zz": {"file": "zz.zip", "size": 1, "sha256": SHA_A}}
-    assert fetch.lock_problems(pins, reg) == [
+    recorded = {"a": {"file": "demo.zip", "size": 10, "sha256": SHA_B}, "g": {"file": "g.zip", "size": 1, "sha256": SHA_A},
+                "zz": {"file": "zz.zip", "size": 1, "sha256": SHA_A}}
+    assert pins.lock_problems(recorded, reg) == [
         f"a: pins sha256 {SHA_B} but sources.yaml publishes {SHA_A}",
         "g: a generated source is never pinned", "zz: not a source of the registry"]
 
 
 def test_expected_checksum_combines_published_and_pinned():
     entry = {"id": "a", "file": "a.zip", "size": None, "sha256": None}
-    assert fetch.expected_checksum(entry, {}) == fetch.Expected(None, None, published=False, pinned=False)
+    assert pins.expected_checksum(entry, {}) == pins.Expected(None, None, published=False, pinned=False)
     pin = {"file": "a.zip", "size": 10, "sha256": SHA_A.upper()}
-    assert fetch.expected_checksum(entry, {"a": pin}) == fetch.Expected(10, SHA_A, False, True)
-    assert fetch.expected_checksum({**entry, "size": 10}, {"a": pin}) == fetch.Expected(10, SHA_A, True, True)
+    assert pins.expected_checksum(entry, {"a": pin}) == pins.Expected(10, SHA_A, False, True)
+    assert pins.expected_checksum({**entry, "size": 10}, {"a": pin}) == pins.Expected(10, SHA_A, True, True)
     published = {**entry, "size": 10, "sha256": SHA_A}
-    assert fetch.expected_checksum(published, {}) == fetch.Expected(10, SHA_A, True, False)
-    assert fetch.expected_checksum(published, {"a": pin}) == fetch.Expected(10, SHA_A, True, False)
+    assert pins.expected_checksum(published, {}) == pins.Expected(10, SHA_A, True, False)
+    assert pins.expected_checksum(published, {"a": pin}) == pins.Expected(10, SHA_A, True, False)
     with pytest.raises(ConfigError, match="the pin of a disagrees with the registry: pins file 'old.zip'"):
-        fetch.expected_checksum(entry, {"a": {**pin, "file": "old.zip"}})
+        pins.expected_checksum(entry, {"a": {**pin, "file": "old.zip"}})

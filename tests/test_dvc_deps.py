@@ -64,9 +64,9 @@ def _with_parents(name: str) -> list[str]:
 
 
 def data_files(path: Path) -> set[Path]:
-    """Package data files (src/wbc/*.yaml, *.json) a module names in its text."""
+    """Package data files (src/wbc/**/*.yaml, *.json) a module names in its text."""
     text = path.read_text(encoding="utf-8")
-    return {p for p in PKG.iterdir() if p.suffix in (".yaml", ".json") and re.search(rf"\b{re.escape(p.name)}\b", text)}
+    return {p for p in PKG.rglob("*") if p.suffix in (".yaml", ".json") and re.search(rf"\b{re.escape(p.name)}\b", text)}
 
 
 def closure(script: Path) -> set[str]:
@@ -97,18 +97,18 @@ def script_of(stage: dict) -> Path:
 
 
 def test_closure_follows_imports_transitively(tmp_path: Path) -> None:
-    # stages/report.py -> wbc.report -> wbc.metrics: both, and the package __init__
+    # stages/report.py -> wbc.results.report -> wbc.results.metrics: both, and the package __init__
     deps = closure(ROOT / "stages" / "report.py")
-    assert {"src/wbc/__init__.py", "src/wbc/report.py", "src/wbc/metrics.py", "src/wbc/params.py"} <= deps
+    assert {"src/wbc/__init__.py", "src/wbc/results/report.py", "src/wbc/results/metrics.py", "src/wbc/core/params.py"} <= deps
     # a TYPE_CHECKING import is not a dependency; a function-level import is
     script = tmp_path / "s.py"
-    script.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import wbc.train\n"
-                      "def f():\n    from wbc import errors\n")
-    assert closure(script) == {"src/wbc/__init__.py", "src/wbc/errors.py"}
+    script.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import wbc.learn.train\n"
+                      "def f():\n    from wbc.core import errors\n")
+    assert closure(script) == {"src/wbc/__init__.py", "src/wbc/core/__init__.py", "src/wbc/core/errors.py"}
 
 
 def test_sources_yaml_is_data_of_sources_module() -> None:
-    assert "src/wbc/sources.yaml" in closure(ROOT / "stages" / "download.py")
+    assert "src/wbc/data/sources.yaml" in closure(ROOT / "stages" / "download.py")
 
 
 @pytest.mark.parametrize("name", sorted(stages()))

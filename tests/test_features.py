@@ -1,4 +1,4 @@
-"""The 51 Tavakoli features (wbc.features): names, values, degenerate cells, batch path, cache file."""
+"""The 51 Tavakoli features (wbc.cells.features): names, values, degenerate cells, batch path, cache file."""
 from __future__ import annotations
 
 import io
@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 
 from wbc import LABELS
-from wbc.errors import WbcError
-from wbc.features import (COLOUR_NAMES, FEATURE_NAMES, N_FEATURES, UNREADABLE, extract, extract_rows, features_of,
+from wbc.core.errors import WbcError
+from wbc.cells.features import (COLOUR_NAMES, FEATURE_NAMES, N_FEATURES, UNREADABLE, extract, extract_rows, features_of,
                           load_features, save_features)
-from wbc.segment import Segmentation, colour_balance, segment
-from wbc.store import StoreWriter, decode_image
+from wbc.cells.segment import Segmentation, colour_balance, segment
+from wbc.data.store import StoreWriter, decode_image
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_segment import cell, pbc_cells  # noqa: E402  (the synthetic cell and the real-PBC sampler)

@@ -1,6 +1,6 @@
-"""Issue 15, models that survive another lab: cell-centred crops (wbc.cellcrop), stain augmentation
-(wbc.augment), GroupNorm (wbc.models), AdaBN (wbc.adapt), Reinhard (wbc.stainnorm), external folder
-sets (wbc.external, the evaluate stage) and the report (wbc.generalization)."""
+"""Issue 15, models that survive another lab: cell-centred crops (wbc.cells.cellcrop), stain augmentation
+(wbc.learn.augment), GroupNorm (wbc.learn.models), AdaBN (wbc.learn.adapt), Reinhard (wbc.cells.stainnorm), external folder
+sets (wbc.dataset.external, the evaluate stage) and the report (wbc.results.generalization)."""
 from __future__ import annotations
 
 import io
@@ -22,21 +22,21 @@ from PIL import Image
 from torch import nn
 
 from wbc import LABELS
-from wbc.adapt import adabn, batchnorm_layers
-from wbc.augment import concentrations, stain_augment
-from wbc.cellcrop import CropSpec, cell_box, crop_square
-from wbc.cli import main
-from wbc.errors import ConfigError
-from wbc.evaluate import evaluate_predictor
-from wbc.external import class_folder, parse_specs
-from wbc.generalization import collect, setting_label, write_report
-from wbc.models import build_model, load_checkpoint, save_checkpoint
-from wbc.predict import predict_files
-from wbc.predictors import load_predictor
-from wbc.segment import segment
-from wbc.split import IMAGENET_MEAN, IMAGENET_STD
-from wbc.train import TrainConfig
-from wbc.stainnorm import lab_stats, lab_target, reinhard
+from wbc.learn.adapt import adabn, batchnorm_layers
+from wbc.learn.augment import concentrations, stain_augment
+from wbc.cells.cellcrop import CropSpec, cell_box, crop_square
+from wbc.apps.cli import main
+from wbc.core.errors import ConfigError
+from wbc.results.evaluate import evaluate_predictor
+from wbc.dataset.external import class_folder, parse_specs
+from wbc.results.generalization import collect, setting_label, write_report
+from wbc.learn.models import build_model, load_checkpoint, save_checkpoint
+from wbc.apps.predict import predict_files
+from wbc.results.predictors import load_predictor
+from wbc.cells.segment import segment
+from wbc.dataset.split import IMAGENET_MEAN, IMAGENET_STD
+from wbc.learn.train import TrainConfig
+from wbc.cells.stainnorm import lab_stats, lab_target, reinhard
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -96,7 +96,7 @@ def test_stain_augment_keeps_uint8_is_seeded_and_moves_stain_concentrations() ->
 
 def test_stain_strength_widens_the_colour_jitter_and_one_is_the_default() -> None:
     """strength 2 spreads the per-image colour further than 1; strength 1 is the default stream."""
-    from wbc.augment import colour_jitter
+    from wbc.learn.augment import colour_jitter
 
     x = torch.from_numpy(np.stack([draw_cell(32, 10, (16, 16)).transpose(2, 0, 1)] * 64))
     default = colour_jitter(x, torch.Generator().manual_seed(3))
@@ -111,7 +111,7 @@ def test_stain_strength_widens_the_colour_jitter_and_one_is_the_default() -> Non
 
 
 def test_stain_augment_without_jitter_is_the_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    import wbc.augment as aug
+    import wbc.learn.augment as aug
 
     for name in ("STAIN_SCALE", "STAIN_SHIFT", "BRIGHTNESS", "CONTRAST", "SATURATION", "HUE", "GAMMA"):
         monkeypatch.setattr(aug, name, 0.0)
@@ -123,7 +123,7 @@ def test_stain_augment_without_jitter_is_the_identity(monkeypatch: pytest.Monkey
 def test_fused_colour_jitter_equals_the_step_by_step_transform() -> None:
     """The fused uint8 path (log table, one exp, gamma table after quantisation) against the textbook
     steps in float64: OD, stain map, back to RGB, colour matrix, contrast about the mean, gamma."""
-    import wbc.augment as aug
+    import wbc.learn.augment as aug
 
     x = torch.from_numpy(np.random.default_rng(4).integers(30, 256, (6, 3, 20, 20), dtype=np.uint8))
     got = aug.colour_jitter(x, torch.Generator().manual_seed(11)).double()
@@ -145,7 +145,7 @@ def test_fused_colour_jitter_equals_the_step_by_step_transform() -> None:
 def test_stain_augmented_training_is_the_same_with_loader_workers(tmp_path: Path) -> None:
     """Stain augmentation runs in the DataLoader workers, seeded per batch in batch order: two
     workers train exactly the model the main process alone trains."""
-    from wbc.train import PackedSet, TrainConfig, make_loader, train_model
+    from wbc.learn.train import PackedSet, TrainConfig, make_loader, train_model
 
     packed = _packed(tmp_path / "packed", {"train": 12, "val": 4, "test": 4})
     cv2.GaussianBlur(np.zeros((512, 512, 3), np.uint8), (0, 0), 3)  # OpenCV's threads started before the fork
@@ -164,7 +164,7 @@ def test_stain_augmented_training_is_the_same_with_loader_workers(tmp_path: Path
 
 
 def test_training_with_stain_augment_and_group_norm_round_trips(tmp_path: Path) -> None:
-    from wbc.train import TrainConfig, train_model
+    from wbc.learn.train import TrainConfig, train_model
 
     packed = _packed(tmp_path / "packed", {"train": 10, "val": 5, "test": 5})
     cfg = TrainConfig(seed=1, epochs=1, batch_size=5, stain_augment=True, norm="group", threads=1, device="cpu")
@@ -205,7 +205,7 @@ def test_adabn_sets_the_target_statistics_and_keeps_the_weights() -> None:
     old_stats = model[1].running_mean.clone()
     x = np.random.default_rng(0).integers(100, 256, (40, 3, 16, 16), dtype=np.uint8)  # a brighter "lab"
     adapted = adabn(model, x, IMAGENET_MEAN, IMAGENET_STD, batch_size=8)
-    from wbc.train import normalise
+    from wbc.learn.train import normalise
     with torch.no_grad():
         feats = model[0](normalise(torch.from_numpy(x), torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)))
     assert torch.allclose(adapted[1].running_mean, feats.mean(dim=(0, 2, 3)), atol=1e-4)
@@ -225,7 +225,7 @@ def test_adabn_pools_statistics_over_class_sorted_images() -> None:
     dark = rng.integers(0, 80, (48, 3, 12, 12), dtype=np.uint8)
     bright = rng.integers(170, 256, (48, 3, 12, 12), dtype=np.uint8)
     x = np.concatenate([dark, bright])  # sorted: one "class", then the other
-    from wbc.train import normalise
+    from wbc.learn.train import normalise
     with torch.no_grad():
         feats = model[0](normalise(torch.from_numpy(x), torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)))
     adapted = adabn(model, x, IMAGENET_MEAN, IMAGENET_STD, batch_size=16)

@@ -1,4 +1,4 @@
-"""wbc.ingest: class folders, skip/quarantine rules, manifest + store, summary, CLI, real PBC data."""
+"""wbc.data.ingest: class folders, skip/quarantine rules, manifest + store, summary, CLI, real PBC data."""
 from __future__ import annotations
 
 import hashlib
@@ -13,13 +13,13 @@ import pytest
 from PIL import Image
 
 from wbc import LABELS
-from wbc.cli import main as cli_main
-from wbc.errors import ConfigError
-from wbc.ingest import (
+from wbc.apps.cli import main as cli_main
+from wbc.core.errors import ConfigError
+from wbc.data.ingest import (
     MANIFEST_COLUMNS, class_of, ingest_sources, read_manifest, skip_reason, summarize,
 )
-from wbc.sources import get_source
-from wbc.store import ImageStore
+from wbc.data.sources import get_source
+from wbc.data.store import ImageStore
 
 RAABIN_LIKE = {
     "id": "toy", "file": "toy.zip", "role": "pool", "root": None,

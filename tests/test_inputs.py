@@ -1,4 +1,4 @@
-"""wbc.inputs: images from files, folders and zip archives, read safely (hostile files built here)."""
+"""wbc.dataset.inputs: images from files, folders and zip archives, read safely (hostile files built here)."""
 from __future__ import annotations
 
 import io
@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 
 from wbc import LABELS
-from wbc.archives import Limits
-from wbc.cli import main
-from wbc.inputs import InputItem, InputLimits, collect_inputs, iter_images, read_items
-from wbc.models import build_model, save_checkpoint
-from wbc.split import IMAGENET_MEAN, IMAGENET_STD, square_resize
-from wbc.store import DEFAULT_MAX_PIXELS, decode_image
+from wbc.data.archives import Limits
+from wbc.apps.cli import main
+from wbc.dataset.inputs import InputItem, InputLimits, collect_inputs, iter_images, read_items
+from wbc.learn.models import build_model, save_checkpoint
+from wbc.dataset.split import IMAGENET_MEAN, IMAGENET_STD, square_resize
+from wbc.data.store import DEFAULT_MAX_PIXELS, decode_image
 
 MiB = 2**20
 #: Small limits so that hostile files stay small and fast to build.

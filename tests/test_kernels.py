@@ -1,10 +1,10 @@
-"""CPU kernel pinning (wbc.kernels): another CPU simulated on this one.
+"""CPU kernel pinning (wbc.learn.kernels): another CPU simulated on this one.
 
 The kernel dispatch of a machine is imitated with the variables torch's libraries read (ATen's
 capability, oneDNN's max ISA, MKL's CBWR branch): a short training run, then its evaluation in a
 fresh process, under each setting. With the kernels pinned (`cpu_kernels: avx2`, the default)
 the checkpoint bytes and the metrics are identical whatever the environment says; unpinned
-(`native`, the behaviour before wbc.kernels) the same settings give other weights, which proves
+(`native`, the behaviour before wbc.learn.kernels) the same settings give other weights, which proves
 the settings really change the floats.
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from wbc import kernels
-from wbc.errors import ConfigError
-from wbc.train import TrainConfig
+from wbc.learn import kernels
+from wbc.core.errors import ConfigError
+from wbc.learn.train import TrainConfig
 
 TESTS = Path(__file__).resolve().parent
 
@@ -32,7 +32,7 @@ mode, level, root = sys.argv[2], sys.argv[3], Path(sys.argv[4])
 packed, ckpt = root / "packed", root / f"model-{level}.ckpt"
 if mode == "train":
     from test_train import make_packed
-    from wbc.train import TrainConfig, train_model
+    from wbc.learn.train import TrainConfig, train_model
     if not packed.exists():
         make_packed(packed, {"train": 64, "val": 32, "test": 32})
     cfg = TrainConfig(seed=1, epochs=2, batch_size=16, lr=0.05, threads=2, cpu_kernels=level, max_steps=3)
@@ -42,8 +42,8 @@ if mode == "train":
     weights = hashlib.sha256(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest()
     print(json.dumps({"file": hashlib.sha256(ckpt.read_bytes()).hexdigest(), "weights": weights}))
 else:
-    from wbc.evaluate import evaluate_predictor
-    from wbc.predictors import load_predictor
+    from wbc.results.evaluate import evaluate_predictor
+    from wbc.results.predictors import load_predictor
     out = root / f"eval-{level}-{sys.argv[5]}"
     res = evaluate_predictor(load_predictor(ckpt), packed, out)
     print(json.dumps({"test": res["test"]["accuracy"], "macro_f1": res["test"]["macro_f1"],
@@ -89,7 +89,7 @@ def test_pinned_training_and_evaluation_are_the_same_bytes_under_other_cpu_dispa
 
 @needs_avx2
 def test_unpinned_kernels_differ_under_the_same_settings(tmp_path: Path) -> None:
-    """The control: without pinning (the code before wbc.kernels) the imitated CPUs give other weights."""
+    """The control: without pinning (the code before wbc.learn.kernels) the imitated CPUs give other weights."""
     native = _child("train", "native", tmp_path / "native", {})["weights"]
     for name in ("ATEN_CPU_CAPABILITY=default", "ONEDNN_MAX_CPU_ISA=SSE41"):
         other = _child("train", "native", tmp_path / name.split("=")[0], OTHER_CPUS[name])["weights"]
@@ -98,7 +98,7 @@ def test_unpinned_kernels_differ_under_the_same_settings(tmp_path: Path) -> None
 
 def test_pin_refuses_after_torch_ran_other_kernels() -> None:
     code = ("import torch; torch.ones(8) + 1; torch.ones(4, 4) @ torch.ones(4, 4)\n"
-            "from wbc import kernels\n"
+            "from wbc.learn import kernels\n"
             "try:\n    kernels.pin('baseline')\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
     proc = subprocess.run([sys.executable, "-c", code], env=_clean_env({}), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -107,7 +107,7 @@ def test_pin_refuses_after_torch_ran_other_kernels() -> None:
 
 
 def test_pin_after_import_overrides_the_users_environment() -> None:
-    code = "import torch\nfrom wbc import kernels\nimport json\nprint(json.dumps(kernels.pin('baseline', 1)))\n"
+    code = "import torch\nfrom wbc.learn import kernels\nimport json\nprint(json.dumps(kernels.pin('baseline', 1)))\n"
     proc = subprocess.run([sys.executable, "-c", code], env=_clean_env({"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -137,7 +137,7 @@ def test_checkpoint_records_the_kernels(tmp_path: Path) -> None:
     import torch
 
     from test_train import make_packed
-    from wbc.train import train_model
+    from wbc.learn.train import train_model
 
     packed = make_packed(tmp_path / "packed", {"train": 20, "val": 10, "test": 10})
     train_model("mobilenet_v2", packed, TrainConfig(epochs=1, batch_size=10, threads=1, max_steps=1),

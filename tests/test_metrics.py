@@ -1,4 +1,4 @@
-"""wbc.metrics: the paper's per-class metrics against values worked out by hand from a confusion matrix."""
+"""wbc.results.metrics: the paper's per-class metrics against values worked out by hand from a confusion matrix."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wbc.metrics import classification_metrics, confusion, one_vs_rest_accuracy, plot_confusion, row_normalise
+from wbc.results.metrics import classification_metrics, confusion, one_vs_rest_accuracy, plot_confusion, row_normalise
 
 # rows: true class, columns: predicted class (16 images)
 CM = [[5, 1, 0],

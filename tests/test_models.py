@@ -1,4 +1,4 @@
-"""wbc.models: architectures by name, ImageNet weights from the torch cache, checkpoints."""
+"""wbc.learn.models: architectures by name, ImageNet weights from the torch cache, checkpoints."""
 from __future__ import annotations
 
 import urllib.error
@@ -9,8 +9,8 @@ import torch
 import torchvision
 
 from wbc import LABELS
-from wbc.errors import ConfigError, WbcError
-from wbc.models import (MODEL_NAMES, build_model, load_checkpoint, save_checkpoint, weights_cache_path)
+from wbc.core.errors import ConfigError, WbcError
+from wbc.learn.models import (MODEL_NAMES, build_model, load_checkpoint, save_checkpoint, weights_cache_path)
 
 PAPER_NINE = ["resnet18", "resnet34", "resnet50", "resnext50_32x4d", "mnasnet1_0", "mobilenet_v2",
               "densenet121", "shufflenet_v2_x1_0", "vgg16"]

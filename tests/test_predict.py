@@ -1,4 +1,4 @@
-"""wbc.predict, wbc.predictors, wbc.evaluate: `wbc predict` on folders and zip archives, the differential
+"""wbc.apps.predict, wbc.results.predictors, wbc.results.evaluate: `wbc predict` on folders and zip archives, the differential
 count, evaluating one model file on the packed sets (the evaluate stage), `wbc evaluate` and `wbc report`."""
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ import torch
 from PIL import Image
 
 from wbc import LABELS
-from wbc.cli import main
-from wbc.errors import ConfigError
-from wbc.models import build_model, load_checkpoint, save_checkpoint
-from wbc.evaluate import evaluate_predictor
-from wbc.predict import differential_count, predict_files, wilson_interval
-from wbc.predictors import load_predictor, predict_array
-from wbc.split import IMAGENET_MEAN, IMAGENET_STD, square_resize
-from wbc.store import decode_image
+from wbc.apps.cli import main
+from wbc.core.errors import ConfigError
+from wbc.learn.models import build_model, load_checkpoint, save_checkpoint
+from wbc.results.evaluate import evaluate_predictor
+from wbc.apps.predict import differential_count, predict_files, wilson_interval
+from wbc.results.predictors import load_predictor, predict_array
+from wbc.dataset.split import IMAGENET_MEAN, IMAGENET_STD, square_resize
+from wbc.data.store import decode_image
 
 SIZE = 32
 ARCH = "shufflenet_v2_x1_0"  # small torchvision model (~1.3 M parameters)

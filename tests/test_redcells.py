@@ -1,4 +1,4 @@
-"""Red cells as a ruler (wbc.redcells) and the red-cell-scaled crop (wbc.cellcrop, crop=rbc)."""
+"""Red cells as a ruler (wbc.cells.redcells) and the red-cell-scaled crop (wbc.cells.cellcrop, crop=rbc)."""
 from __future__ import annotations
 
 import cv2
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wbc import synthetic
-from wbc.cellcrop import CropSpec, crop_square
-from wbc.errors import ConfigError
-from wbc.redcells import drop_nested, find_red_cells, red_cell_diameter
+from wbc.data import synthetic
+from wbc.cells.cellcrop import CropSpec, crop_square
+from wbc.core.errors import ConfigError
+from wbc.cells.redcells import drop_nested, find_red_cells, red_cell_diameter
 
 
 def smear(side: int, rbc_radius: float, wbc_radius: float, seed: int = 0, count: int = 14) -> np.ndarray:
@@ -115,9 +115,9 @@ def test_rbc_span_is_validated_and_round_trips() -> None:
 def test_a_checkpoint_trained_on_rbc_crops_prepares_inputs_the_same_way(tmp_path) -> None:
     """The packed data's crop (mode and span) travels into the checkpoint (`input_params`) and back
     out as the predictor's crop, so `wbc predict` and external sets get the training-time crop."""
-    from wbc.models import build_model, save_checkpoint
-    from wbc.predictors import load_predictor
-    from wbc.train import input_params
+    from wbc.learn.models import build_model, save_checkpoint
+    from wbc.results.predictors import load_predictor
+    from wbc.learn.train import input_params
 
     meta = {**CropSpec("rbc", span=3.0).to_dict(), "lab_target": None, "sets": {}}
     params = {"norm": "batch", **input_params(meta)}

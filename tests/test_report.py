@@ -1,4 +1,4 @@
-"""wbc.report: the result table over seeds (means, Student t intervals, layout, per-seed CSV,
+"""wbc.results.report: the result table over seeds (means, Student t intervals, layout, per-seed CSV,
 metrics.json) from fake per-run metrics written as the evaluate stage writes them."""
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from wbc.errors import WbcError
-from wbc.metrics import classification_metrics
-from wbc.report import ci_half_width, markdown_block, seeds_table, write_results, write_set_outputs, aggregate
-from wbc.zoo import table_runs
+from wbc.core.errors import WbcError
+from wbc.results.metrics import classification_metrics
+from wbc.results.report import ci_half_width, markdown_block, seeds_table, write_results, write_set_outputs, aggregate
+from wbc.learn.zoo import table_runs
 
 CLASSES = ["basophil", "eosinophil", "lymphocyte"]
 SETS = {"test": 60, "raabin_testb": 40}

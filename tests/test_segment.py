@@ -1,4 +1,4 @@
-"""Nucleus segmentation (wbc.segment), its figure (wbc.segment_plot) and `wbc segment`."""
+"""Nucleus segmentation (wbc.cells.segment), its figure (wbc.cells.segment_plot) and `wbc segment`."""
 from __future__ import annotations
 
 import argparse
@@ -13,12 +13,12 @@ import pytest
 from PIL import Image
 
 from wbc import LABELS
-from wbc.commands import segment as segment_cmd
-from wbc.features import FEATURE_NAMES, shape_features
-from wbc.segment import (BAD_INPUT, FLAGS, NO_NUCLEUS, colour_balance, convex_hull_mask, fill_small_holes,
+from wbc.apps.commands import segment as segment_cmd
+from wbc.cells.features import FEATURE_NAMES, shape_features
+from wbc.cells.segment import (BAD_INPUT, FLAGS, NO_NUCLEUS, colour_balance, convex_hull_mask, fill_small_holes,
                          join_flags, segment)
-from wbc.segment_plot import segmentation_figure
-from wbc.store import decode_image
+from wbc.cells.segment_plot import segmentation_figure
+from wbc.data.store import decode_image
 
 BACKGROUND, RED_CELL, CYTOPLASM, NUCLEUS = (236, 208, 214), (215, 160, 170), (205, 185, 220), (95, 50, 140)
 
@@ -243,7 +243,7 @@ def test_cli_segment_nothing_readable_and_registered(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"nope")
     assert _run_segment([bad, tmp_path / "missing.png"], tmp_path / "out") == 1
-    from wbc.cli import COMMANDS
+    from wbc.apps.cli import COMMANDS
 
     assert COMMANDS.get("segment") == "segment"
 

@@ -15,20 +15,21 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from wbc import LABELS, synthetic
-from wbc.cli import build_parser, main
-from wbc.commands.serve import config_from_args
-from wbc.errors import ConfigError, WbcError
-from wbc.models import build_model, save_checkpoint
-from wbc.predict import differential_count
-from wbc.serve import (DEFAULT_MAX_FILES, DEFAULT_MAX_UPLOAD_MB, ServeConfig, check_host, default_model, is_loopback,
-                       upload_limits)
-from wbc.split import IMAGENET_MEAN, IMAGENET_STD
-from wbc.webapp import create_app
-from wbc.webapp.app import WEB_DIR
-from wbc.predict import predictions_csv
-from wbc.webapp.model import load_page_model
-from wbc.webapp.uploads import safe_name
+from wbc import LABELS
+from wbc.data import synthetic
+from wbc.apps.cli import build_parser, main
+from wbc.apps.commands.serve import config_from_args
+from wbc.core.errors import ConfigError, WbcError
+from wbc.learn.models import build_model, save_checkpoint
+from wbc.apps.predict import differential_count
+from wbc.apps.serve_config import (DEFAULT_MAX_FILES, DEFAULT_MAX_UPLOAD_MB, ServeConfig, check_host, default_model, is_loopback,
+                              upload_limits)
+from wbc.dataset.split import IMAGENET_MEAN, IMAGENET_STD
+from wbc.apps.webapp import create_app
+from wbc.apps.webapp.app import WEB_DIR
+from wbc.apps.predict import predictions_csv
+from wbc.apps.webapp.model import load_page_model
+from wbc.apps.webapp.uploads import safe_name
 
 SIZE = 32
 ARCH = "shufflenet_v2_x1_0"
@@ -97,7 +98,7 @@ def predict_locally(uploads: dict[str, bytes], checkpoint: Path, tmp_path: Path,
     for name, data in uploads.items():
         (local / name).write_bytes(data)
     monkeypatch.chdir(local)
-    frame = load_page_model(checkpoint).predict_files(list(uploads))  # = wbc.predict.predict_files
+    frame = load_page_model(checkpoint).predict_files(list(uploads))  # = wbc.apps.predict.predict_files
     assert main(["predict", *uploads, "--model", str(checkpoint), "--out", "cli.csv", "--device", "cpu"]) in (0, 1)
     return frame, (local / "cli.csv").read_text(encoding="utf-8")
 

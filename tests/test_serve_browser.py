@@ -20,9 +20,9 @@ import pytest
 
 from test_serve import cells_zip, checkpoint, write_reports  # noqa: F401  (checkpoint is a fixture)
 from wbc import LABELS
-from wbc.predict import differential_count
-from wbc.predict import predictions_csv
-from wbc.webapp.model import load_page_model
+from wbc.apps.predict import differential_count
+from wbc.apps.predict import predictions_csv
+from wbc.apps.webapp.model import load_page_model
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path(shutil.which("chromedriver") or "/usr/bin/chromedriver")
@@ -74,7 +74,7 @@ def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa:
     port = free_port()
     log = workspace / "serve.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "wbc.cli", "serve", "--model", str(checkpoint),
+        proc = subprocess.Popen([sys.executable, "-m", "wbc.apps.cli", "serve", "--model", str(checkpoint),
                                  "--port", str(port), "--device", "cpu"], cwd=workspace, stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -143,7 +143,7 @@ def test_classify_page_upload(server: str, browser, checkpoint: Path, tmp_path: 
     assert not browser.find_element(By.ID, "message").is_displayed(), browser.find_element(By.ID, "message").text
 
     monkeypatch.chdir(tmp_path)  # predict the zip under the same name as uploaded
-    frame = load_page_model(checkpoint).predict_files(["cells.zip"])  # = wbc.predict.predict_files
+    frame = load_page_model(checkpoint).predict_files(["cells.zip"])  # = wbc.apps.predict.predict_files
     rows = table_rows(browser)
     assert [r["path"] for r in rows] == frame["path"].tolist()
     assert [r["label"] for r in rows] == frame["label"].tolist()

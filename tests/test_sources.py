@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 import wbc
-from wbc import sources
-from wbc.errors import ConfigError
+from wbc.data import sources
+from wbc.core.errors import ConfigError
 
 
 def test_packaged_registry_is_valid_and_complete():

@@ -1,4 +1,4 @@
-"""Tests of the split stage (wbc.split, `wbc split`): stratification, determinism, errors, packing,
+"""Tests of the split stage (wbc.dataset.split, `wbc split`): stratification, determinism, errors, packing,
 reports and the leakage audit, on small generated manifests and image stores."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from wbc import LABELS
-from wbc import split as sp
-from wbc.errors import ConfigError, WbcError
+from wbc.dataset import split as sp
+from wbc.core.errors import ConfigError, WbcError
 
 MANIFEST_COLUMNS = ["id", "source", "role", "member", "class_folder", "label", "sha256", "bytes", "width", "height",
                     "format", "mode", "status", "reason", "shard", "offset", "length"]
@@ -251,7 +251,7 @@ def build_store(root, counts=STORE_COUNTS, duplicates: int = 0) -> pd.DataFrame:
 
     `duplicates` > 0 plants that many Test-A images whose bytes copy a Train image of the same class.
     """
-    from wbc.store import StoreWriter
+    from wbc.data.store import StoreWriter
 
     kept = make_kept(counts, roles=ROLES)
     kept["sha256"] = ""
@@ -294,7 +294,7 @@ def store_run(small_store, tmp_path_factory):
 
 
 def test_run_split_outputs_follow_the_contract(store_run):
-    from wbc.store import decode_image, ImageStore
+    from wbc.data.store import decode_image, ImageStore
 
     root, kept, summary, out = store_run
     splits = pd.read_csv(out / "splits.csv")
@@ -372,7 +372,7 @@ def test_audit_finds_planted_cross_split_duplicates(tmp_path):
 
 
 def test_cli_split(store_run, tmp_path, capsys):
-    from wbc.cli import main
+    from wbc.apps.cli import main
 
     root, kept, summary, out = store_run
     rc = main(["split", str(root / "kept.csv"), "--store", str(root / "store"), "--out", str(tmp_path),
@@ -403,8 +403,9 @@ def test_synthetic_generate_ingest_dedup_split_has_no_leakage(tmp_path):
 
     Without dedup, the sources' own split leaks (Train scenes re-imaged in Test-A): the audit sees it.
     """
-    from wbc import dedup, ingest, sources, synthetic
-    from wbc.store import ImageStore
+    from wbc import dedup
+    from wbc.data import ingest, sources, synthetic
+    from wbc.data.store import ImageStore
 
     synthetic.generate(tmp_path / "raw", scale=0.1, workers=1)
     manifest = ingest.ingest_sources(sources.profile_sources("synthetic"), tmp_path / "raw",

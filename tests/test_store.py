@@ -1,4 +1,4 @@
-"""wbc.store: decode_image (modes, broken files, bombs) and the shard store."""
+"""wbc.data.store: decode_image (modes, broken files, bombs) and the shard store."""
 from __future__ import annotations
 
 import io
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from wbc.store import BadImage, ImageStore, StoreError, StoreWriter, decode, decode_image, to_rgb
+from wbc.data.store import BadImage, ImageStore, StoreError, StoreWriter, decode, decode_image, to_rgb
 
 
 def encode(im: Image.Image, fmt: str, **kw) -> bytes:

@@ -1,4 +1,4 @@
-"""Tests of the embedded synthetic dataset (wbc.synthetic, `wbc synth`)."""
+"""Tests of the embedded synthetic dataset (wbc.data.synthetic, `wbc synth`)."""
 from __future__ import annotations
 
 import hashlib
@@ -13,8 +13,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from wbc import LABELS, cli, synthetic
-from wbc.errors import ConfigError
+from wbc import LABELS
+from wbc.apps import cli
+from wbc.data import synthetic
+from wbc.core.errors import ConfigError
 
 SCALE = 0.1
 PBC_NAME = re.compile(r"^PBC_dataset_normal_DIB/([a-z]+)/(\.DS|BA|EO|LY|MO|SNE|BNE|NEUTROPHIL|ERB|IG|MY|MMY|PMY"

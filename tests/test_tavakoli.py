@@ -1,4 +1,4 @@
-"""The Tavakoli classifier (wbc.tavakoli): fitting, probabilities, imputation, safe model files."""
+"""The Tavakoli classifier (wbc.learn.tavakoli): fitting, probabilities, imputation, safe model files."""
 from __future__ import annotations
 
 import json
@@ -12,10 +12,11 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import SVC
 
-from wbc import LABELS, tavakoli
-from wbc.errors import WbcError
-from wbc.features import FEATURE_NAMES, extract
-from wbc.tavakoli import MODEL_NAME, ModelFileError, TavakoliSVM, impute
+from wbc import LABELS
+from wbc.learn import tavakoli
+from wbc.core.errors import WbcError
+from wbc.cells.features import FEATURE_NAMES, extract
+from wbc.learn.tavakoli import MODEL_NAME, ModelFileError, TavakoliSVM, impute
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_segment import pbc_cells  # noqa: E402

@@ -1,4 +1,4 @@
-"""wbc.train: packed-tensor loading, tensor augmentation, balancing, training, stages, CLI."""
+"""wbc.learn.train: packed-tensor loading, tensor augmentation, balancing, training, stages, CLI."""
 from __future__ import annotations
 
 import json
@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from wbc import LABELS
-from wbc.cli import main as cli_main
-from wbc.errors import ConfigError
-from wbc.models import load_checkpoint
-from wbc.train import (PackedSet, TrainConfig, Trainer, augment, balanced_sampler, loss_weights, make_loader,
+from wbc.apps.cli import main as cli_main
+from wbc.core.errors import ConfigError
+from wbc.learn.models import load_checkpoint
+from wbc.learn.train import (PackedSet, TrainConfig, Trainer, augment, balanced_sampler, loss_weights, make_loader,
                        mean_colour, normalise, scale_levels, select_device, train_model)
 
 SIZE = 32

@@ -1,4 +1,4 @@
-"""`wbc verify` (wbc.verify): a fresh run against the committed results, bits or tolerances."""
+"""`wbc verify` (wbc.results.verify): a fresh run against the committed results, bits or tolerances."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from wbc import cli, verify
-from wbc.errors import WbcError
+from wbc.apps import cli
+from wbc.results import verify
+from wbc.core.errors import WbcError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,10 +1,10 @@
-"""wbc.zoo: the model names of both kinds and the params that define the result table."""
+"""wbc.learn.zoo: the model names of both kinds and the params that define the result table."""
 from __future__ import annotations
 
 import pytest
 
-from wbc.errors import ConfigError
-from wbc.zoo import ALL_MODELS, check_table, run_name, table_runs
+from wbc.core.errors import ConfigError
+from wbc.learn.zoo import ALL_MODELS, check_table, run_name, table_runs
 
 
 def test_both_kinds_are_model_names() -> None:

@@ -5,7 +5,7 @@ From the project root, with Debian's chromium and chromium-driver installed:
     python docs/screenshots/make_screenshots.py [--model MODEL_FILE] [--images cells.zip]
 
 Starts `wbc serve` on a free port in the current workspace (its reports/ feed the Results page),
-uploads the images (default: a zip of synthetic cells drawn by `wbc.synthetic` in a typical
+uploads the images (default: a zip of synthetic cells drawn by `wbc.data.synthetic` in a typical
 differential's proportions, plus one broken file) through the page's file input, and saves
 full-page PNGs (at most --max-height px tall).
 """
@@ -27,7 +27,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from wbc import synthetic
+from wbc.data import synthetic
 
 HERE = Path(__file__).resolve().parent
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -65,7 +65,7 @@ def start_server(model: Path | None, workspace: Path) -> tuple[subprocess.Popen,
     """`wbc serve` in `workspace` on a free port; returns (process, base URL) once it answers."""
     port = free_port()
     model_args = ["--model", str(model.resolve())] if model else []
-    proc = subprocess.Popen([sys.executable, "-m", "wbc.cli", "serve", *model_args, "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "wbc.apps.cli", "serve", *model_args, "--port", str(port)],
                             cwd=workspace)
     url = f"http://127.0.0.1:{port}"
     for _ in range(200):

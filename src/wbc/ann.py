@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from wbc.errors import ConfigError
+from wbc.core.errors import ConfigError
 from wbc.spill import release_pages
 
 #: Search engines of `dedup.search`.

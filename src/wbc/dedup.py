@@ -41,8 +41,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from wbc import ann, spill
-from wbc.errors import ConfigError
-from wbc.parallel import n_workers
+from wbc.core.errors import ConfigError
+from wbc.core.parallel import n_workers
 
 #: Thumbnail side used for verification (pixels); the coarse screening pass uses half of it.
 THUMB = 64
@@ -138,7 +138,7 @@ class Features:
 
 def _decode(data: bytes, draft: tuple[int, int] | None = None) -> Image.Image:
     """The project's one decoding path (8-bit RGB; JPEGs at reduced scale >= `draft` when given)."""
-    from wbc.store import decode_image
+    from wbc.data.store import decode_image
 
     return decode_image(data, draft=draft)
 

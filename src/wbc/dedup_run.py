@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from wbc import LABELS, dedup, plots, sources
-from wbc.errors import ConfigError
-from wbc.ingest import write_manifest
-from wbc.store import ImageStore
+from wbc import LABELS, dedup
+from wbc.data import plots, sources
+from wbc.core.errors import ConfigError
+from wbc.data.ingest import write_manifest
+from wbc.data.store import ImageStore
 
 
 @dataclass

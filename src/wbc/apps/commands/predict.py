@@ -1,0 +1,59 @@
+"""`wbc predict`: classify white-blood-cell images with a trained checkpoint; print the differential count."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "classify images (files, folders, zip archives) with a checkpoint -> CSV + differential count"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the command's arguments."""
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="image files, folders (searched recursively) and .zip archives")
+    parser.add_argument("--model", required=True, metavar="MODEL_FILE",
+                        help="a trained model file: a CNN checkpoint or tavakoli_svm, e.g. models/headline-1.ckpt")
+    parser.add_argument("--out", default="predictions.csv", metavar="CSV",
+                        help="output CSV (default: %(default)s): path, label, confidence, p_<class>..., error")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, ...")
+    parser.add_argument("--adapt", action="store_true",
+                        help="AdaBN: re-estimate the CNN's BatchNorm statistics on the images given before predicting "
+                             "(use a few dozen images or more of one lab)")
+    parser.add_argument("--stain-norm", choices=("none", "reinhard"), default="none",
+                        help="reinhard: map each image's Lab statistics to the training set's (default: %(default)s)")
+    parser.add_argument("--tta", action="store_true",
+                        help="average the probabilities of each image's 8 rotations and reflections (CNNs; 8x slower)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Predict, write the CSV, list unreadable inputs on stderr, print the differential count.
+
+    Exit status 1 when no image could be read, else 0.
+    """
+    from wbc.dataset.inputs import InputLimits
+    from wbc.apps.predict import differential_count, format_differential, predict_files, predictions_csv
+    from wbc.results.predictors import load_predictor
+    from wbc.learn.train import select_device
+
+    predictor = load_predictor(args.model, device=select_device(args.device), stain_norm=args.stain_norm,
+                               adapt="adabn" if args.adapt else "none", tta=args.tta)
+    frame = predict_files(predictor, args.paths, batch_size=args.batch_size, limits=InputLimits.from_params(),
+                          adapt=args.adapt)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(predictions_csv(frame), encoding="utf-8")
+    bad = frame[frame["error"] != ""]
+    for row in bad.itertuples(index=False):
+        print(f"unreadable: {row.path}: {row.error}", file=sys.stderr)
+    read = len(frame) - len(bad)
+    print(f"{read} image(s) predicted, {len(bad)} unreadable (listed in the `error` column) -> {out}")
+    if getattr(predictor, "crop", None) is not None and predictor.crop.mode != "centre":
+        print(f"{predictor.crop.mode} crop: fell back in {frame.attrs['cell_crop_fallback']} image(s) "
+              "(no cell found: centre crop; no red cells measured: cell crop)")
+    if read == 0:
+        print("wbc predict: error: no image could be read", file=sys.stderr)
+        return 1
+    print(format_differential(differential_count(frame["label"].tolist(), predictor.classes)))
+    return 0

@@ -1,0 +1,75 @@
+"""AdaBN (Li et al. 2016): re-estimate a CNN's BatchNorm statistics on a new domain's own images.
+
+A network trained on one lab's images normalises every layer with that lab's running means and
+variances; on another lab's images those statistics are wrong. `adabn(model, x, mean, std)` returns
+a copy of the model whose BatchNorm running statistics are the pooled mean and variance of each
+layer's input over all the target images `x` (unlabelled, uint8 (N, 3, S, S)); every weight, and the
+model given, stay unchanged. Models without BatchNorm (GroupNorm variants, vgg16, ViT) are returned as
+an unchanged copy.
+
+The images are visited in a seeded random order: test sets and class folders come sorted by class, and
+batches of one class would give each layer class-specific statistics. The statistics are pooled over
+all images (sums of x and x^2 per channel, collected by forward pre-hooks), not averaged per batch: an
+average of per-batch variances leaves out the variance between batches.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from wbc.learn.train import normalise
+
+#: Adaptation modes (params `evaluate.adapt`, `wbc predict --adapt`).
+ADAPTS = ("none", "adabn")
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The model's BatchNorm layers (1d, 2d, 3d)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def adabn(model: nn.Module, x: np.ndarray, mean: Sequence[float], std: Sequence[float], *,
+          batch_size: int = 64, device: torch.device | str = "cpu", seed: int = 0) -> nn.Module:
+    """A copy of `model` (eval mode) with BatchNorm running stats re-estimated on the images `x`."""
+    adapted = copy.deepcopy(model).to(device)
+    layers = batchnorm_layers(adapted)
+    if not layers or len(x) < 2:
+        return adapted.eval()
+    sums: dict[int, list] = {id(bn): [0, 0.0, 0.0] for bn in layers}  # count, sum x, sum x^2 (float64)
+
+    def collect(bn: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        t = inputs[0].detach().to(torch.float64).transpose(0, 1).reshape(inputs[0].shape[1], -1)
+        acc = sums[id(bn)]
+        acc[0] += t.shape[1]
+        acc[1] = acc[1] + t.sum(dim=1)
+        acc[2] = acc[2] + (t * t).sum(dim=1)
+
+    hooks = [bn.register_forward_pre_hook(collect) for bn in layers]
+    adapted.eval()
+    for bn in layers:
+        bn.train()  # each layer normalises with its batch statistics, as in training
+    m = torch.tensor(mean, dtype=torch.float32, device=device)
+    s = torch.tensor(std, dtype=torch.float32, device=device)
+    order = np.random.default_rng(seed).permutation(len(x))
+    try:
+        for start in range(0, len(x), batch_size):
+            rows = np.sort(order[start:start + batch_size])
+            if len(rows) < 2:
+                break  # a single image gives no batch variance; it is left out
+            batch = np.require(x[rows], dtype=np.uint8, requirements=["C", "W"])
+            adapted(normalise(torch.from_numpy(batch).to(device), m, s))
+    finally:
+        for h in hooks:
+            h.remove()
+    for bn in layers:
+        n, sx, sxx = sums[id(bn)]
+        mu = sx / n
+        var = (sxx / n - mu * mu).clamp_min(0) * (n / max(n - 1, 1))
+        bn.running_mean.copy_(mu.to(bn.running_mean.dtype))
+        bn.running_var.copy_(var.to(bn.running_var.dtype))
+    return adapted.eval()

@@ -1,0 +1,176 @@
+"""Stain and colour augmentation of uint8 image batches (params `train.stain_augment`).
+
+Run by the training loader where each uint8 batch is read (`wbc.learn.train.make_loader(transform=...)`,
+in the DataLoader workers when there are), before the flips and zoom of `wbc.learn.train.augment`; every
+draw comes from a generator seeded per batch from the training seed, so a seed gives the same images.
+`stain_augment(x, generator)` applies, per image:
+
+1. stain jitter in haematoxylin-eosin optical-density space (Ruifrok & Johnston 2001 colour
+   deconvolution): OD = -log((I + 1) / 256); concentrations C = OD M^-1 (rows of M: the H, E and
+   residual stain vectors); each of H and E scaled by U(1 - STAIN_SCALE, 1 + STAIN_SCALE) and
+   shifted by U(-STAIN_SHIFT, STAIN_SHIFT); back to RGB. The whole jitter is one 3x3 affine map of
+   OD per image (M^-1 diag(a) M, b M), so it costs one matrix product per pixel;
+2. brightness, contrast, saturation and hue (a rotation about the grey axis in YIQ space): one
+   3x3 affine map of RGB per image; then gamma;
+3. Gaussian blur (probability BLUR_P, sigma from BLUR_SIGMAS) and JPEG re-encoding (probability
+   JPEG_P, quality in JPEG_QUALITY);
+4. a random 90-degree rotation (k = 0..3).
+
+The wider zoom range that goes with it is `WIDE_SCALE` (used by the trainer's rescale).
+`strength` (params `train.stain_strength`, default 1) multiplies every colour range of steps 1-2
+(stain scale and shift, brightness, contrast, saturation, hue, gamma; factors stay within
+[1 - `MAX_FACTOR_CUT`, ...]): 2 is a "strong" colour augmentation for labs whose stain differs more.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+#: Ruifrok & Johnston's haematoxylin, eosin and DAB optical-density vectors (rows, normalised).
+RJ_STAINS = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64)
+STAIN_SCALE, STAIN_SHIFT = 0.25, 0.05
+BRIGHTNESS, CONTRAST, SATURATION, HUE, GAMMA = 0.2, 0.2, 0.25, 0.05, 0.25
+BLUR_P, BLUR_SIGMAS = 0.3, (0.6, 1.2)
+JPEG_P, JPEG_QUALITY = 0.3, (40, 95)
+#: Zoom range used with stain augmentation (the default training range is 0.9-1.1).
+WIDE_SCALE = (0.7, 1.4)
+#: With `strength` > 1 a multiplicative factor 1 +- r never goes below 1 - MAX_FACTOR_CUT.
+MAX_FACTOR_CUT = 0.9
+
+#: log(I + 1) of every uint8 value (float32): the log of the OD transform as a table lookup.
+_LOG1P_TABLE = np.log1p(np.arange(256, dtype=np.float64)).astype(np.float32).reshape(256, 1)
+_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def stain_matrix() -> np.ndarray:
+    """The 3x3 stain matrix M (rows = unit OD vectors of H, E, and their cross product as residual)."""
+    h, e = (RJ_STAINS[i] / np.linalg.norm(RJ_STAINS[i]) for i in (0, 1))
+    r = np.cross(h, e)
+    return np.stack([h, e, r / np.linalg.norm(r)])
+
+
+def optical_density(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float OD -log((I + 1) / 256), same shape."""
+    return x.to(torch.float32).add_(1.0).log_().neg_().add_(float(np.log(256.0)))
+
+
+def concentrations(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> stain concentrations (B, 3, H, W): H, E, residual (C = OD M^-1)."""
+    inv = torch.as_tensor(np.linalg.inv(stain_matrix()), dtype=torch.float32)
+    return torch.einsum("bchw,cd->bdhw", optical_density(x), inv)
+
+
+def _uniform(gen: torch.Generator, shape: tuple[int, ...], low: float, high: float) -> torch.Tensor:
+    return torch.rand(shape, generator=gen, dtype=torch.float64) * (high - low) + low
+
+
+def _factor(gen: torch.Generator, shape: tuple[int, ...], r: float, strength: float) -> torch.Tensor:
+    """Factors uniform in 1 +- r x strength, the lower end at least 1 - MAX_FACTOR_CUT."""
+    return _uniform(gen, shape, 1 - min(r * strength, MAX_FACTOR_CUT), 1 + r * strength)
+
+
+def _stain_maps(b: int, gen: torch.Generator, strength: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image OD affine maps: (B, 3, 3) matrices A and (B, 3) offsets c with OD' = OD A + c."""
+    m = torch.as_tensor(stain_matrix())
+    scale = torch.ones(b, 3, dtype=torch.float64)
+    scale[:, :2] = _factor(gen, (b, 2), STAIN_SCALE, strength)
+    shift = torch.zeros(b, 3, dtype=torch.float64)
+    shift[:, :2] = _uniform(gen, (b, 2), -STAIN_SHIFT * strength, STAIN_SHIFT * strength)
+    a = torch.linalg.inv(m) @ torch.diag_embed(scale) @ m
+    return a.float(), (shift @ m).float()
+
+
+def _colour_maps(b: int, gen: torch.Generator, strength: float = 1.0
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image brightness x saturation x hue matrices (B, 3, 3), contrast factors (B,), gammas (B,)."""
+    yiq, iyiq = torch.as_tensor(_YIQ), torch.as_tensor(np.linalg.inv(_YIQ))
+    bright = _factor(gen, (b,), BRIGHTNESS, strength)
+    sat = _factor(gen, (b,), SATURATION, strength)
+    theta = _uniform(gen, (b,), -HUE * strength, HUE * strength) * 2 * np.pi
+    rot = torch.zeros(b, 3, 3, dtype=torch.float64)
+    rot[:, 0, 0] = 1.0
+    rot[:, 1, 1], rot[:, 1, 2] = sat * torch.cos(theta), -sat * torch.sin(theta)
+    rot[:, 2, 1], rot[:, 2, 2] = sat * torch.sin(theta), sat * torch.cos(theta)
+    mats = bright.view(b, 1, 1) * (iyiq @ rot @ yiq)  # column-vector convention: rgb' = M rgb
+    contrast = _factor(gen, (b,), CONTRAST, strength)
+    gamma = torch.exp(_uniform(gen, (b,), -GAMMA * strength, GAMMA * strength))
+    return mats.float(), contrast.float(), gamma.float()
+
+
+def colour_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0) -> torch.Tensor:
+    """Stain jitter, then brightness/saturation/hue, contrast and gamma: uint8 in, uint8 out.
+
+    Fused: with L = log(I + 1) (a 256-entry table), the jittered intensity is
+    exp(L A - c + log 256) - 1 (A, c the OD affine map), and the colour map and contrast are one affine
+    map of it (the contrast pivot, the image's mean, is an affine function of its channel means). Per
+    image that is a table lookup, a 3x4 affine map of the colour channels, an exp, a second 3x4 map
+    (rounded, saturated to uint8) and the gamma as a 256-entry table, each one OpenCV call on the
+    interleaved image (`cv2.LUT`, `cv2.transform`, `cv2.exp`: SIMD, about 3x torch's batched
+    matrix products on 3-channel images).
+    """
+    b, _, h, w = x.shape
+    a, c = _stain_maps(b, gen, strength)
+    mats, contrast, gamma = _colour_maps(b, gen, strength)
+    a, c, mats = a.double().numpy(), c.double().numpy(), mats.double().numpy()
+    contrast, gamma = contrast.double().numpy(), gamma.double().numpy()
+    # I' + 1 = 256 exp(-(OD A + c)) with OD = log 256 - L: exponent L A - log 256 (1 A) - c
+    shift = np.log(256.0 / 255.0) - np.log(256.0) * a.sum(axis=1) - c               # (b, 3)
+    levels = np.arange(256, dtype=np.float64) / 255.0
+    src = x.numpy()
+    out = np.empty((b, 3, h, w), np.uint8)
+    for i in range(b):
+        hwc = cv2.merge([src[i, 0], src[i, 1], src[i, 2]])  # planar -> interleaved (SIMD)
+        e = cv2.transform(cv2.LUT(hwc, _LOG1P_TABLE), np.hstack([a[i].T, shift[i][:, None]]).astype(np.float32))
+        cv2.exp(e, e)                                                                 # (I' + 1) / 255
+        grey = (mats[i] @ (np.array(cv2.mean(e)[:3]) - 1.0 / 255.0)).mean()
+        lin = contrast[i] * 255.0 * mats[i]                                           # 255 rgb' = lin e + off
+        off = 255.0 * (1.0 - contrast[i]) * grey - lin.sum(axis=1) / 255.0 + 0.5      # + 0.5: truncation rounds
+        rgb = cv2.transform(e, np.hstack([lin, off[:, None]]).astype(np.float32))
+        np.clip(rgb, 0.0, 255.0, out=rgb)
+        lut = np.rint(255.0 * levels ** gamma[i]).astype(np.uint8)
+        out[i] = cv2.split(cv2.LUT(rgb.astype(np.uint8), lut))
+    return torch.from_numpy(out)
+
+
+def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur (OpenCV, reflected border) of one uint8 (3, H, W) image."""
+    return np.stack([cv2.GaussianBlur(plane, (0, 0), sigma) for plane in img])
+
+
+def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
+    """Re-encode one uint8 (3, H, W) image as JPEG at `quality` and decode it (OpenCV)."""
+    ok, buf = cv2.imencode(".jpg", cv2.merge(list(img)), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    return np.stack(cv2.split(cv2.imdecode(buf, cv2.IMREAD_UNCHANGED))) if ok else img
+
+
+def degrade(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Blur some images of a uint8 batch and JPEG-compress some (in place)."""
+    b = x.shape[0]
+    blur_pick = (torch.rand(b, generator=gen) < BLUR_P).tolist()
+    sigma = torch.randint(0, len(BLUR_SIGMAS), (b,), generator=gen).tolist()
+    jpeg_pick = (torch.rand(b, generator=gen) < JPEG_P).tolist()
+    quality = torch.randint(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1, (b,), generator=gen).tolist()
+    arr = x.numpy()
+    for i in range(b):
+        if blur_pick[i]:
+            arr[i] = _blur(arr[i], BLUR_SIGMAS[sigma[i]])
+        if jpeg_pick[i]:
+            arr[i] = _jpeg(arr[i], quality[i])
+    return x
+
+
+def rotate90(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Rotate each image of a (B, C, S, S) batch by k x 90 degrees, k uniform in 0..3 (in place)."""
+    ks = torch.randint(0, 4, (x.shape[0],), generator=gen).tolist()
+    for i, k in enumerate(ks):
+        if k:
+            x[i] = torch.rot90(x[i], k, dims=(1, 2))
+    return x
+
+
+def stain_augment(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0) -> torch.Tensor:
+    """The whole augmentation of a uint8 (B, 3, S, S) CPU batch -> a new uint8 batch (see the module doc)."""
+    if x.shape[0] == 0:
+        return x.clone()
+    return rotate90(degrade(colour_jitter(x, gen, strength), gen), gen)
