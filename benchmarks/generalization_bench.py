@@ -29,6 +29,7 @@ from wbc.results.generalization import collect, write_report
 from wbc.core.params import load_params
 from wbc.results.predictors import load_predictor
 from wbc.results.report import ci_half_width
+from wbc.learn import kernels
 from wbc.learn.runs import train_run
 from wbc.dataset.split import Assignment, load_kept, pack
 from wbc.cells.stainnorm import lab_target
@@ -161,6 +162,9 @@ def seed_summary(frame: pd.DataFrame, settings: list[str], seeds: list[int]) -> 
 
 
 def main() -> int:
+    # several models are trained and evaluated in this one process: pin the CPU kernels before
+    # torch runs anything (wbc.learn.kernels), or a train_model after an evaluation would refuse
+    kernels.pin_environment()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True, help="a finished pbc profile run (workspace root)")
     ap.add_argument("--external", action="append", required=True, metavar="NAME=PATH")
