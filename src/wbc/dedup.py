@@ -43,6 +43,7 @@ from tqdm import tqdm
 from wbc import ann, spill
 from wbc.core.errors import ConfigError
 from wbc.core.parallel import n_workers
+from wbc.data.store import decode_image
 
 #: Thumbnail side used for verification (pixels); the coarse screening pass uses half of it.
 THUMB = 64
@@ -138,8 +139,6 @@ class Features:
 
 def _decode(data: bytes, draft: tuple[int, int] | None = None) -> Image.Image:
     """The project's one decoding path (8-bit RGB; JPEGs at reduced scale >= `draft` when given)."""
-    from wbc.data.store import decode_image
-
     return decode_image(data, draft=draft)
 
 

@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from wbc.core.errors import WbcError
+
 #: subcommand name -> module under wbc.apps.commands
 COMMANDS = {
     "synth": "synth",
@@ -53,8 +55,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # user-facing errors: one clear line, no traceback
-        from wbc.core.errors import WbcError
-
         if isinstance(exc, WbcError):
             print(f"wbc {args.command}: error: {exc}", file=sys.stderr)
             return 2

@@ -1,10 +1,13 @@
 """Reading params.yaml (the DVC params file) for stage scripts and the CLI."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 import yaml
+
+from wbc.core.errors import WbcError
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -19,10 +22,6 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
 def run_stage(name: str, main: Callable[[], int]) -> NoReturn:
     """Entry point of a stage script: exit with main()'s code; a WbcError becomes one clear line
     on stderr (`<stage>: error: ...`) and exit code 2, with no traceback."""
-    import sys
-
-    from wbc.core.errors import WbcError
-
     try:
         sys.exit(main())
     except WbcError as exc:

@@ -4,7 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from wbc.data.store import ImageStore
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -71,10 +74,6 @@ def class_samples(
     `manifest` is the ingest manifest (pandas DataFrame); only stored rows (`shard >= 0`) are drawn.
     The caption names the source, so real and synthetic parts can be compared at a glance.
     """
-    import numpy as np
-
-    from wbc.data.store import ImageStore
-
     store = ImageStore(store_root)
     stored = manifest[manifest["shard"] >= 0].sort_values("id")
     rng = np.random.default_rng(seed)

@@ -34,8 +34,13 @@ from tqdm import tqdm
 
 from wbc import LABELS
 from wbc.cells.cellcrop import DEFAULT_SPAN, CropSpec, crop_square
-from wbc.core.errors import ConfigError, WbcError
 from wbc.cells.stainnorm import lab_target
+from wbc.core.errors import ConfigError, WbcError
+from wbc.core.parallel import n_workers
+from wbc.data.plots import class_samples
+from wbc.data.sources import get_source, profile_split
+from wbc.data.store import ImageStore, decode_image
+from wbc.dedup import cross_duplicates
 
 #: The sets made from `pool` sources, in order; external sets (source ids) follow.
 POOL_SETS = ("train", "val", "test")
@@ -85,15 +90,11 @@ def profile_split_defaults(profile: str | None) -> dict[str, Any]:
     """The profile's default `{"val": ..., "test": ...}` (fractions 0.15 when no profile)."""
     if not profile:
         return {"val": DEFAULT_FRACTION, "test": DEFAULT_FRACTION}
-    from wbc.data.sources import profile_split
-
     return dict(profile_split(profile))
 
 
 def source_own_split(source: str) -> str:
     """The registry's `split` key of a source (`train`, `test` or `external`)."""
-    from wbc.data.sources import get_source
-
     own = get_source(source).get("split")
     if own not in ("train", "test", "external"):
         raise ConfigError(f"source {source!r}: registry key `split` must be train, test or external, got {own!r}")
@@ -258,15 +259,11 @@ def audit_leakage(
     dedup_params: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Confirmed duplicate pairs across different sets (`wbc.dedup.cross_duplicates`)."""
-    from wbc.dedup import cross_duplicates
-
     return cross_duplicates(loaders_by_set(assignment, kept, store_root), dict(dedup_params or {}))
 
 
 def loaders_by_set(assignment: Assignment, kept: pd.DataFrame, store_root: str | Path) -> dict[str, Any]:
     """`{set: (load_fn, ids)}` for `cross_duplicates`: load_fn(id) -> the image's stored bytes."""
-    from wbc.data.store import ImageStore
-
     store = ImageStore(store_root)
     locs = _locations(kept)
 
@@ -311,8 +308,6 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(store_root: str, size: int, crop: CropSpec = CropSpec()) -> None:
-    from wbc.data.store import ImageStore
-
     _WORKER["store"] = ImageStore(store_root)
     _WORKER["size"] = size
     _WORKER["crop"] = crop
@@ -320,8 +315,6 @@ def _init_worker(store_root: str, size: int, crop: CropSpec = CropSpec()) -> Non
 
 def _prepare(item: tuple[str, tuple[int, int, int]]) -> tuple[np.ndarray, bool]:
     """(uint8 (3, S, S) input, cell found) of one stored image (`wbc.cells.cellcrop.crop_square`)."""
-    from wbc.data.store import decode_image
-
     image_id, loc = item
     try:
         return crop_square(decode_image(_WORKER["store"].read(*loc)), _WORKER["size"], _WORKER["crop"])
@@ -361,8 +354,6 @@ def pack(
     """
     if int(image_size) < 8:
         raise ConfigError(f"split.image_size must be >= 8, got {image_size!r}")
-    from wbc.core.parallel import n_workers
-
     size, workers = int(image_size), n_workers(int(workers or 0))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -471,7 +462,7 @@ def _sources(summary: Mapping[str, Any]) -> list[str]:
 
 def plot_distribution(summary: Mapping[str, Any], path: str | Path) -> Path:
     """Grouped bar chart: images per class, one bar per set (matplotlib, Agg)."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib takes a second to import and only the plots need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -500,8 +491,6 @@ def plot_samples(
     seed: int = 0,
 ) -> Path:
     """A grid of `per_class` random training images per class (seeded, from the image store)."""
-    from wbc.data.plots import class_samples
-
     train_ids = assignment.frame.loc[assignment.frame["split"] == "train", "id"]
     train = kept[kept["id"].isin(train_ids)]
     return class_samples(train, store_root, path, per_class=per_class, seed=seed,

@@ -31,6 +31,7 @@ def train_run(model: str, seed: int, *, packed_dir: str | Path, features_dir: st
         if features_dir is None:
             raise ConfigError(f"{model} is trained on the cached features: give the features folder")
         return _fit_features(model, seed, Path(features_dir), Path(out), log_dir)
+    # lazy: torch (wbc.learn.train) is not needed to fit tavakoli_svm, nor by `wbc --help`
     from wbc.learn.train import TrainConfig, train_model
 
     cfg = TrainConfig.from_params(train_params, seed=seed)

@@ -96,7 +96,7 @@ def markdown(frame: pd.DataFrame, title: str = "Generalization to other labs", n
 
 def plot(frame: pd.DataFrame, path: str | Path) -> Path:
     """Grouped bars: accuracy per set (panels) for each (model, setting)."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib takes a second to import and only the plot needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -108,7 +108,7 @@ def row_normalise(cm: np.ndarray) -> np.ndarray:
 
 def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: str | Path, title: str = "") -> Path:
     """Save a PNG with two panels: counts and row-normalised fractions, annotated cells."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib takes a second to import and only the plot needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

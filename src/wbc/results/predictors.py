@@ -32,6 +32,7 @@ from tqdm import tqdm
 from wbc.cells import features as feats
 from wbc.learn import tavakoli
 from wbc.learn.adapt import ADAPTS, adabn
+from wbc.learn.models import load_checkpoint
 from wbc.cells.cellcrop import CropSpec, crop_square
 from wbc.core.errors import ConfigError, WbcError
 from wbc.cells.stainnorm import STAIN_NORMS, reinhard
@@ -256,8 +257,6 @@ def load_predictor(path: str | Path, device: Any = "cpu", *, stain_norm: str = "
     if not path.is_file():
         raise WbcError(f"model file not found: {path}")
     if is_torch_checkpoint(path):
-        from wbc.learn.models import load_checkpoint
-
         model, meta = load_checkpoint(path, device=device)
         return CnnPredictor(model, meta, device, stain_norm, adapt, bool(tta))
     return FeaturePredictor(tavakoli.TavakoliSVM.load(path))

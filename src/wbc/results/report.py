@@ -224,7 +224,7 @@ def interval_plot(table: pd.DataFrame, path: str | Path, confidence: float = 0.9
     seeds, accuracy, accuracy_ci95). A model trained with one seed is drawn without a bar; an
     interval reaching past 0 or 100 % (few seeds: wide Student t intervals) is drawn up to the bound.
     """
-    import matplotlib
+    import matplotlib  # lazy: matplotlib takes a second to import and only the plot needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

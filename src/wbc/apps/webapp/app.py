@@ -34,6 +34,7 @@ from wbc.apps.webapp.classify import Job, JobStore, classify
 from wbc.apps.webapp.model import PageModel, load_page_model
 from wbc.apps.webapp.results import figure_path, results_payload
 from wbc.apps.webapp.uploads import SavedUpload, UploadRejected, receive_files
+from wbc.learn.train import select_device
 
 #: Static files of the pages (HTML, CSS, JS): package data of wbc.
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -71,8 +72,6 @@ def load_model(state: ServerState) -> None:
 
     A model file given explicitly that cannot be read raises WbcError (the command stops).
     """
-    from wbc.learn.train import select_device
-
     if state.config.model is None:
         state.model_error = (f"No checkpoint: no model file ({HEADLINE_PATTERN}) in {state.config.workspace.resolve()}. "
                              "Train one (`dvc repro`) or start the page with `wbc serve --model MODEL_FILE`.")
