@@ -1,4 +1,4 @@
-"""CPU kernel pinning (wbc.learn.kernels): another CPU simulated on this one.
+"""CPU kernel pinning (wbc.learn.kernels): another CPU simulated on this one, and emulated.
 
 The kernel dispatch of a machine is imitated with the variables torch's libraries read (ATen's
 capability, oneDNN's max ISA, MKL's CBWR branch): a short training run, then its evaluation in a
@@ -6,12 +6,17 @@ fresh process, under each setting. With the kernels pinned (`cpu_kernels: avx2`,
 the checkpoint bytes and the metrics are identical whatever the environment says; unpinned
 (`native`, the behaviour before wbc.learn.kernels) the same settings give other weights, which proves
 the settings really change the floats.
+
+A CPU of the other vendor (Intel on an AMD host, AMD on an Intel host) is emulated by qemu's user
+mode (`qemu-x86_64 -cpu Haswell|EPYC`: another CPUID, vendor, cache sizes and no AVX-512): a few
+pinned training steps there give the same weights and logits as here, while the unpinned ones
+differ (the control). Without qemu-user the test is skipped, unless WBC_REQUIRE_QEMU=1 (our CI).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,12 +55,12 @@ else:
                       "metrics": hashlib.sha256((out / "metrics.json").read_bytes()).hexdigest()}))
 """
 
-# imitations of other CPUs: no AVX kernels in ATen, oneDNN limited to SSE4.1, MKL's compatible path
+# imitations of other CPUs: no AVX kernels in ATen, oneDNN limited to SSE4.1, MKL's AVX2 branch (Intel's)
 OTHER_CPUS = {
     "this machine": {},
     "ATEN_CPU_CAPABILITY=default": {"ATEN_CPU_CAPABILITY": "default"},
     "ONEDNN_MAX_CPU_ISA=SSE41": {"ONEDNN_MAX_CPU_ISA": "SSE41", "DNNL_MAX_CPU_ISA": "SSE41"},
-    "MKL_CBWR=COMPATIBLE": {"MKL_CBWR": "COMPATIBLE"},
+    "MKL_CBWR=AVX2,STRICT": {"MKL_CBWR": "AVX2,STRICT"},
 }
 
 needs_avx2 = pytest.mark.skipif(not kernels.cpu_has_avx2(), reason="the avx2 kernel level needs an x86-64 CPU with AVX2")
@@ -122,7 +127,7 @@ def test_levels_and_config() -> None:
     assert kernels.env_for("native") == {}
     if kernels.is_x86():
         env = kernels.env_for("avx2")
-        assert env["ATEN_CPU_CAPABILITY"] == "avx2" and env["MKL_CBWR"] == "AVX2,STRICT"
+        assert env["ATEN_CPU_CAPABILITY"] == "avx2" and env["MKL_CBWR"] == "COMPATIBLE"
         assert env["ONEDNN_MAX_CPU_ISA"] == env["DNNL_MAX_CPU_ISA"] == "AVX2"
     fake: dict[str, str] = {"ATEN_CPU_CAPABILITY": "avx512"}
     kernels.pin_environment("baseline", fake)
@@ -148,3 +153,66 @@ def test_checkpoint_records_the_kernels(tmp_path: Path) -> None:
     if kernels.cpu_has_avx2():
         assert params["kernels"]["aten"] == "avx2"
         assert params["kernels"]["onednn_max_isa"] == "AVX2"
+
+
+# -- an emulated CPU of the other vendor ---------------------------------------------------------
+
+PROBE = r"""
+import ctypes, hashlib, json, sys
+from pathlib import Path
+from wbc.learn import kernels
+state = kernels.pin(sys.argv[1], threads=2)
+import torch
+from wbc.learn.models import build_model
+lib = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+out = {"intel": int(lib.mkl_serv_intel_cpu_true()), "aten": state["aten"], "mkl": state.get("mkl_cbwr")}
+for name in ("mobilenet_v2", "resnet18"):  # 1x1 + depthwise convs + MKL's matmul; oneDNN's brgemm convs
+    torch.manual_seed(0)
+    model = build_model(name, 5, image_size=64)
+    x, y = torch.randn(10, 3, 64, 64), torch.randint(0, 5, (10,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    for _ in range(2):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    with torch.no_grad():
+        logits = model.eval()(x)
+    blob = b"".join(p.detach().numpy().tobytes() for p in model.parameters()) + logits.numpy().tobytes()
+    out[name] = hashlib.sha256(blob).hexdigest()
+print(json.dumps(out))
+"""
+QEMU = shutil.which("qemu-x86_64")
+OTHER_VENDOR = {"AuthenticAMD": "Haswell", "GenuineIntel": "EPYC"}  # an AVX2 CPU model of the other vendor
+
+
+def cpu_vendor() -> str:
+    info = Path("/proc/cpuinfo")
+    for line in (info.read_text(errors="replace").splitlines() if info.is_file() else []):
+        if line.startswith("vendor_id"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def _probe(prefix: list[str], level: str) -> dict:
+    proc = subprocess.run([*prefix, sys.executable, "-c", PROBE, level], env=_clean_env({}), capture_output=True,
+                          text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@needs_avx2
+def test_same_bits_on_an_emulated_cpu_of_the_other_vendor() -> None:
+    vendor = cpu_vendor()
+    if vendor not in OTHER_VENDOR:
+        pytest.skip(f"CPU vendor {vendor!r}: no emulated counterpart")
+    if QEMU is None:
+        if os.environ.get("WBC_REQUIRE_QEMU"):
+            pytest.fail("WBC_REQUIRE_QEMU is set but qemu-x86_64 is missing (Debian package qemu-user)")
+        pytest.skip("qemu-x86_64 (Debian package qemu-user) is not installed")
+    emulated = [QEMU, "-cpu", OTHER_VENDOR[vendor]]
+    here, there = _probe([], "avx2"), _probe(emulated, "avx2")
+    assert here["intel"] != there["intel"], f"the emulated CPU is not of the other vendor: {here} vs {there}"
+    assert here == {**there, "intel": here["intel"]}, f"pinned: this CPU {here} vs emulated {there}"
+    # the control: unpinned, the emulated CPU runs other kernels and gives other floats
+    native_here, native_there = _probe([], "native"), _probe(emulated, "native")
+    assert native_here["mobilenet_v2"] != native_there["mobilenet_v2"], "the emulation changes nothing: it tests nothing"
