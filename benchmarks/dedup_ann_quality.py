@@ -5,7 +5,7 @@ this checks the decisions on real cells, verified mode:
   1. the re-imaged benchmark of `dedup_bench.py` (distinct real PBC cells + cells re-imaged 2-3 times:
      shift, zoom, blur, exposure, JPEG): pair recall / precision of the final groups, lost cells;
   2. the real PBC five classes as they are: are the groups the same?
-Below `wbc.ann.MIN_IVF_ROWS` rows the faiss search is an exact flat index; here the IVF index is
+Below `wbc.dedup.index.MIN_IVF_ROWS` rows the faiss search is an exact flat index; here the IVF index is
 forced (MIN_IVF_ROWS = 0) so that the approximate path itself is measured.
 
     python benchmarks/dedup_ann_quality.py            # prints a markdown table
@@ -17,17 +17,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dedup_bench import ROOT, pbc_members, quality, reimage_set  # noqa: E402
 
-from wbc import ann, dedup  # noqa: E402
+from wbc.dedup import fingerprints, groups  # noqa: E402
+from wbc.dedup import index as ann  # noqa: E402
 
 
-def groups(f: dedup.Features, search: str) -> tuple[dedup.GroupResult, float]:
+def timed_groups(f: fingerprints.Features, search: str) -> tuple[groups.GroupResult, float]:
     t = time.perf_counter()
-    res = dedup.find_groups(f, "verified", search=search)
+    res = groups.find_groups(f, "verified", search=search)
     return res, time.perf_counter() - t
 
 
@@ -44,9 +43,9 @@ def main() -> int:
     rows = []
     for name, imgs in (("re-imaged benchmark", images), ("real PBC five classes", members)):
         keys = sorted(imgs)
-        f = dedup.hash_images(imgs.__getitem__, keys, args.workers, parts=dedup.PARTS["verified"])
-        exact, t_exact = groups(f, "exact")
-        indexed, t_indexed = groups(f, "faiss")
+        f = fingerprints.hash_images(imgs.__getitem__, keys, args.workers, parts=fingerprints.PARTS["verified"])
+        exact, t_exact = timed_groups(f, "exact")
+        indexed, t_indexed = timed_groups(f, "faiss")
         same = bool((exact.group == indexed.group).all() and (exact.keep == indexed.keep).all())
         row = {"set": f"{name} ({len(keys):,} images)", "exact s": t_exact, "faiss s": t_indexed,
                "candidates exact / faiss": f"{exact.n_candidates:,} / {indexed.n_candidates:,}",

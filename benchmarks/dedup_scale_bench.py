@@ -1,4 +1,4 @@
-"""Dedup candidate search at 10k, 100k and 1M images: exact (wbc.dedup) vs indexed (wbc.ann).
+"""Dedup candidate search at 10k, 100k and 1M images: exact (wbc.dedup) vs indexed (wbc.dedup.index).
 
 Synthetic data with planted near-duplicates, streamed to disk (np.memmap) in a temporary folder:
   - 64-bit AHash/PHash codes, uniform; 1 % of rows are copies of another row with <= 6 / <= 8 bits flipped;
@@ -9,15 +9,15 @@ Synthetic data with planted near-duplicates, streamed to disk (np.memmap) in a t
 Every (N, method) runs in its own subprocess, which reports its wall time and peak RSS
 (resource.getrusage; children included for the forked MIH workers).
 
-  - hamming exact: `wbc.dedup.hamming_pairs` (paper rule AHash < 11 and PHash < 14); at N > --exact-max
+  - hamming exact: `wbc.dedup.candidates.hamming_pairs` (paper rule AHash < 11 and PHash < 14); at N > --exact-max
     it runs on the first --sample query rows against all N and the time is extrapolated (x N/sample/2).
-  - hamming MIH: `wbc.ann.hamming_pairs_mih` (exact by construction); checked against the exact search
+  - hamming MIH: `wbc.dedup.index.hamming_pairs_mih` (exact by construction); checked against the exact search
     for the first --sample query rows.
   - k-NN exact: `wbc.dedup` k-NN (blocked matmul), extrapolated the same way above --exact-max.
-  - k-NN IVF: `wbc.ann.knn_pairs_indexed` (FAISS IVF, fast-scan PQ, float16 re-ranking) on the
+  - k-NN IVF: `wbc.dedup.index.knn_pairs_indexed` (FAISS IVF, fast-scan PQ, float16 re-ranking) on the
     memory-mapped embedding; recall@k of 1000 random queries against brute force, and the share of
     planted pairs among the candidates.
-  - features in RAM / spilled: `wbc.dedup.hash_images` (verification features: reduced JPEG decode,
+  - features in RAM / spilled: `wbc.dedup.fingerprints.hash_images` (verification features: reduced JPEG decode,
     thumbnails, embedding) of N images (512 distinct synthetic 360 px JPEG fields, cycled), in RAM
     vs streamed to memory-mapped files (`spill_dir`): peak RSS against N (--feature-sizes).
 
@@ -107,8 +107,8 @@ def _planted_recall(i: np.ndarray, j: np.ndarray, planted: np.ndarray) -> float:
 
 
 def run_hamming(folder: Path, method: str, exact_max: int, sample: int, workers: int) -> dict:
-    from wbc.ann import hamming_pairs_mih
-    from wbc.dedup import hamming_pairs
+    from wbc.dedup.index import hamming_pairs_mih
+    from wbc.dedup.candidates import hamming_pairs
 
     a, p, _, planted = load(folder)
     n, q = len(a), min(sample, len(a))
@@ -135,8 +135,8 @@ def run_hamming(folder: Path, method: str, exact_max: int, sample: int, workers:
 
 
 def run_knn(folder: Path, method: str, exact_max: int, sample: int, workers: int) -> dict:
-    from wbc.ann import build_ivf, knn_pairs_indexed, search_knn
-    from wbc.dedup import _knn_one_way, knn_pairs
+    from wbc.dedup.index import build_ivf, knn_pairs_indexed, search_knn
+    from wbc.dedup.candidates import _knn_one_way, knn_pairs
 
     _, _, emb, planted = load(folder)
     n, q = len(emb), min(sample, len(emb))
@@ -163,7 +163,7 @@ def run_knn(folder: Path, method: str, exact_max: int, sample: int, workers: int
 
 def _recall_at_k(emb: np.ndarray, build_ivf, search_knn, queries: int = 1000) -> float:
     """Mean share of each sampled query's exact k nearest neighbours that the index returns."""
-    from wbc.dedup import _knn_one_way
+    from wbc.dedup.candidates import _knn_one_way
 
     rows = np.sort(np.random.default_rng(1).choice(len(emb), min(queries, len(emb)), replace=False))
     qx = np.ascontiguousarray(emb[rows])
@@ -182,7 +182,7 @@ def run_features(n: int, method: str, workers: int) -> dict:
 
     from PIL import Image
 
-    from wbc.dedup import PARTS, hash_images
+    from wbc.dedup.fingerprints import PARTS, hash_images
 
     rng = np.random.default_rng(0)
     jpegs = []

@@ -3,7 +3,7 @@ PBC's test split and on other labs' images (LISC), baseline vs each lever alone 
 
 Input: a finished `pbc` profile run (its kept.csv, image store, splits.csv and feature files, e.g.
 `dvc exp run -S data.profile=pbc -S data.mirror=/abs/pbc` in a clone). The script packs the split
-once per crop setting (`wbc.dataset.split.pack`), trains one resnet18 per training setting
+once per crop setting (`wbc.dataset.pack.pack`), trains one resnet18 per training setting
 (`wbc.learn.train.train_model`, params.yaml `train` section, one seed), evaluates every model under every
 test-time setting (`wbc.results.evaluate.evaluate_predictor` with the external folder set) and writes the
 report (`wbc.results.generalization.write_report`). Each step is skipped when its output exists, so an
@@ -31,7 +31,8 @@ from wbc.results.predictors import load_predictor
 from wbc.results.report import ci_half_width
 from wbc.learn import kernels
 from wbc.learn.runs import train_run
-from wbc.dataset.split import Assignment, load_kept, pack
+from wbc.dataset.assign import Assignment, load_kept
+from wbc.dataset.pack import pack
 from wbc.cells.stainnorm import lab_target
 from wbc.learn.train import input_params
 

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 from wbc import LABELS
-from wbc.learn.augment import WIDE_SCALE, stain_augment
+from wbc.learn.augment import WIDE_SCALE, augment, mean_colour, stain_augment
 from wbc.learn.models import MODEL_NAMES, build_model
-from wbc.dataset.split import square_resize
+from wbc.dataset.pack import square_resize
 from wbc.data.store import decode_image
-from wbc.learn.train import PackedSet, augment, make_loader, mean_colour, normalise
+from wbc.learn.packed import PackedSet, make_loader, normalise
 
 ZIP = Path(os.environ.get("WBC_SHARED", "../shared")) / "data" / "pbc" / "PBC_dataset_normal_DIB.zip"
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

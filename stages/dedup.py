@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from wbc import dedup_run
+from wbc.dedup import run as dedup_run
 from wbc.data.ingest import read_manifest
 from wbc.core.params import load_params, run_stage
 

@@ -13,7 +13,7 @@ from wbc.results.evaluate import evaluate_predictor
 from wbc.dataset.external import parse_specs
 from wbc.core.params import load_params, run_stage
 from wbc.results.predictors import load_predictor
-from wbc.learn.train import select_device
+from wbc.learn.device import select_device
 
 
 def main() -> int:

@@ -1,11 +1,13 @@
-"""wbc.ann: indexed candidate search (multi-index hashing, FAISS k-NN) against the exact search."""
+"""wbc.dedup.index: indexed candidate search (multi-index hashing, FAISS k-NN) against the exact search."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from wbc import ann
-from wbc.dedup import _params, hamming_pairs, knn_pairs, standardise
+from wbc.dedup import index as ann
+from wbc.dedup.candidates import hamming_pairs, knn_pairs
+from wbc.dedup.fingerprints import standardise
+from wbc.dedup.groups import _params
 from wbc.core.errors import ConfigError
 
 pytest.importorskip("faiss")
@@ -99,7 +101,7 @@ def test_search_param_is_checked() -> None:
 def test_knn_ivf_on_a_spilled_memmap_equals_the_in_memory_search(tmp_path) -> None:
     """The embedding can stay on disk: the index built and queried block by block from a memory map
     (pages released after each block) returns the in-memory search's pairs; released pages read back."""
-    from wbc import spill
+    from wbc.dedup import spill
 
     x, _ = planted_embedding(3000, 100, seed=2)
     mm = spill.zeros(tmp_path, "emb", x.shape, np.float32)

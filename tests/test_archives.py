@@ -277,12 +277,12 @@ def test_zip_total_limit(tmp_path):
 
 
 def test_zip_budget_counts_real_bytes():
-    budget = archives._Budget(Limits(max_member_bytes=10, max_total_bytes=15), "x.zip")
+    budget = archives.Budget(Limits(max_member_bytes=10, max_total_bytes=15), "x.zip")
     assert budget.read_all(io.BytesIO(b"0123456789"), "a") == b"0123456789"
     with pytest.raises(ArchiveError, match="max_total_bytes"):
         budget.read_all(io.BytesIO(b"0123456789"), "b")
     with pytest.raises(ArchiveError, match="max_member_bytes"):
-        archives._Budget(Limits(max_member_bytes=10), "x.zip").read_all(io.BytesIO(bytes(11)), "c")
+        archives.Budget(Limits(max_member_bytes=10), "x.zip").read_all(io.BytesIO(bytes(11)), "c")
 
 
 def test_zip_password_protected(tmp_path):

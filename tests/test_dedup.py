@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from wbc import LABELS, dedup
+from wbc import LABELS
+from wbc.dedup import across, candidates, conflicts, fingerprints, groups, verify
 from wbc.core.errors import ConfigError
 
 # --------------------------------------------------------------------------------------------
@@ -66,7 +67,7 @@ def planted(n_distinct: int = 40, seed: int = 0) -> tuple[dict[str, bytes], dict
     return images, truth
 
 
-def pair_set(res: dedup.GroupResult, keys: list[str]) -> set[tuple[str, str]]:
+def pair_set(res: groups.GroupResult, keys: list[str]) -> set[tuple[str, str]]:
     """All (a, b) key pairs (a < b) that share a group."""
     out = set()
     for g in np.unique(res.group):
@@ -84,16 +85,16 @@ def true_pairs(truth: dict[str, str]) -> set[tuple[str, str]]:
 def drawn():
     images, truth = planted()
     keys = sorted(images)
-    return images, truth, dedup.hash_images(images.__getitem__, keys, workers=1)
+    return images, truth, fingerprints.hash_images(images.__getitem__, keys, workers=1)
 
 
 def test_verified_mode_finds_reimaged_fields_not_lookalike_cells(drawn):
     images, truth, f = drawn
-    res = dedup.find_groups(f, "verified")
+    res = groups.find_groups(f, "verified")
     assert pair_set(res, f.keys) == true_pairs(truth)
     assert res.keep.sum() == len(set(truth.values()))
     # every field has the same kind of centred cell: the hash rule alone cannot tell them apart
-    paper = dedup.find_groups(f, "paper")
+    paper = groups.find_groups(f, "paper")
     assert paper.pairs["exact"].sum() == 1 and paper.n_confirmed >= 1
 
 
@@ -102,23 +103,23 @@ def test_features_rows_errors_and_sharpness(drawn):
     assert len(f) == len(images) and f.keys == sorted(images) and not f.errors
     ref = imagehash.average_hash(Image.open(io.BytesIO(images[f.keys[0]])))
     assert int(f.ahash[0]) == int(str(ref), 16)
-    blurred = dedup.hash_images({"s": view(smear(5)), "b": view(smear(5), blur=2.0)}.__getitem__, ["s", "b"],
+    blurred = fingerprints.hash_images({"s": view(smear(5)), "b": view(smear(5), blur=2.0)}.__getitem__, ["s", "b"],
                                 parts=("paper", "sharpness"))
     assert blurred.sharpness[0] > blurred.sharpness[1] > 0 and not blurred.has_verify
-    bad = dedup.hash_images({"ok": images[f.keys[0]], "bad": b"not an image"}.__getitem__, ["bad", "ok"])
+    bad = fingerprints.hash_images({"ok": images[f.keys[0]], "bad": b"not an image"}.__getitem__, ["bad", "ok"])
     assert bad.keys == ["ok"] and list(bad.errors) == ["bad"]
     with pytest.raises(ConfigError):
-        dedup.hash_images(images.__getitem__, f.keys, parts=("sharpness",))
+        fingerprints.hash_images(images.__getitem__, f.keys, parts=("sharpness",))
 
 
 def test_spilled_features_in_chunks_equal_in_memory_features(drawn, tmp_path, monkeypatch):
     """Features streamed to disk (memory-mapped, pages released per chunk) in small chunks, with an
     unreadable image inside a chunk, are the in-memory features, and give the same groups."""
     images, truth, f = drawn
-    monkeypatch.setattr(dedup, "CHUNK", 5)
+    monkeypatch.setattr(fingerprints, "CHUNK", 5)
     broken = {**images, "zz_broken.jpg": b"\xff\xd8 not a jpeg"}
     keys = sorted(broken)
-    spilled = dedup.hash_images(broken.__getitem__, keys, workers=2, spill_dir=tmp_path)
+    spilled = fingerprints.hash_images(broken.__getitem__, keys, workers=2, spill_dir=tmp_path)
     assert spilled.keys == f.keys and list(spilled.errors) == ["zz_broken.jpg"]
     for name in ("thumbs", "coarse", "embed"):
         arr = getattr(spilled, name)
@@ -127,52 +128,52 @@ def test_spilled_features_in_chunks_equal_in_memory_features(drawn, tmp_path, mo
     for name in ("sha256", "ahash", "phash", "has_paper"):
         np.testing.assert_array_equal(getattr(spilled, name), getattr(f, name))
     assert not list(tmp_path.iterdir())  # the spill files are unlinked: they live as long as the mapping
-    std = dedup.standardise(spilled.embed)  # block by block, spilled as well
+    std = fingerprints.standardise(spilled.embed)  # block by block, spilled as well
     assert isinstance(std, np.memmap)
-    np.testing.assert_allclose(std, dedup.standardise(f.embed), atol=2e-5)
-    both = dedup.standardise(spilled.embed[:5], (spilled.embed[:5], spilled.embed[5:]))
-    np.testing.assert_allclose(both, dedup.standardise(f.embed[:5], np.asarray(f.embed)), atol=2e-5)
-    for mode in dedup.MODES:
-        a, b = dedup.find_groups(spilled, mode), dedup.find_groups(f, mode)
+    np.testing.assert_allclose(std, fingerprints.standardise(f.embed), atol=2e-5)
+    both = fingerprints.standardise(spilled.embed[:5], (spilled.embed[:5], spilled.embed[5:]))
+    np.testing.assert_allclose(both, fingerprints.standardise(f.embed[:5], np.asarray(f.embed)), atol=2e-5)
+    for mode in groups.MODES:
+        a, b = groups.find_groups(spilled, mode), groups.find_groups(f, mode)
         assert (a.group == b.group).all() and (a.keep == b.keep).all()
 
 
 def test_verified_features_fill_paper_features_of_group_members_only(drawn):
     images, truth, f = drawn
-    v = dedup.hash_images(images.__getitem__, f.keys, workers=1, parts=dedup.PARTS["verified"])
+    v = fingerprints.hash_images(images.__getitem__, f.keys, workers=1, parts=fingerprints.PARTS["verified"])
     assert not v.has_paper.any() and np.isnan(v.sharpness).all()
     np.testing.assert_array_equal(v.thumbs, f.thumbs)  # the same verification features either way
-    res = dedup.find_groups(v, "verified")
+    res = groups.find_groups(v, "verified")
     in_group = res.group_sizes() > 1
     cells = pd.Series(truth).value_counts()
     assert in_group.sum() == int(cells[cells > 1].sum()) and (v.has_paper == in_group).all() and (np.isnan(v.sharpness) == ~in_group).all()
-    full = dedup.find_groups(f, "verified")
+    full = groups.find_groups(f, "verified")
     assert (res.group == full.group).all() and (res.keep == full.keep).all()
     assert (v.ahash[in_group] == f.ahash[in_group]).all()
-    np.testing.assert_allclose(v.sharpness[in_group], dedup.hash_images(
+    np.testing.assert_allclose(v.sharpness[in_group], fingerprints.hash_images(
         images.__getitem__, [k for k, g in zip(f.keys, in_group) if g], parts=("paper", "sharpness")).sharpness)
     with pytest.raises(ConfigError, match="verification features"):
-        dedup.find_groups(dedup.hash_images(images.__getitem__, f.keys[:3], parts=("paper",)), "verified")
-    paper = dedup.hash_images(images.__getitem__, f.keys, workers=1, parts=dedup.PARTS["paper"])
-    res = dedup.find_groups(paper, "paper")
+        groups.find_groups(fingerprints.hash_images(images.__getitem__, f.keys[:3], parts=("paper",)), "verified")
+    paper = fingerprints.hash_images(images.__getitem__, f.keys, workers=1, parts=fingerprints.PARTS["paper"])
+    res = groups.find_groups(paper, "paper")
     assert paper.has_paper.all() and (np.isfinite(paper.sharpness) == (res.group_sizes() > 1)).all()
     assert np.isnan(res.pairs["score"]).all()  # no verification features: no verification score
 
 
 def test_coarse_screen_and_parallel_verification_change_nothing(drawn):
     images, truth, f = drawn
-    p = dedup._params("verified", {})
-    df = dedup.candidate_pairs(f, "verified", p)
-    one = dedup.confirm(f, df, "verified", p)
+    p = groups._params("verified", {})
+    df = groups.candidate_pairs(f, "verified", p)
+    one = groups.confirm(f, df, "verified", p)
     # no screening: every candidate verified at full size; the confirmed pairs are the same
-    unscreened = dedup.confirm(f, df, "verified", {**p, "screen_threshold": -1.0})
+    unscreened = groups.confirm(f, df, "verified", {**p, "screen_threshold": -1.0})
     assert one["screened_out"].any() and not unscreened["screened_out"].any()
     assert (one["confirmed"] == unscreened["confirmed"]).all()
     assert not (one["confirmed"] & one["screened_out"]).any()
     ii, jj = df["i"].to_numpy(), df["j"].to_numpy()
-    sp = dedup.spectra(f.coarse)
-    serial = dedup._parallel_verify((sp, f.coarse, ii, jj, sp, f.coarse, 0.3), workers=1)
-    forked = dedup._parallel_verify((sp, f.coarse, ii, jj, sp, f.coarse, 0.3), workers=2, min_pairs=8)
+    sp = verify.spectra(f.coarse)
+    serial = verify.parallel_verify((sp, f.coarse, ii, jj, sp, f.coarse, 0.3), workers=1)
+    forked = verify.parallel_verify((sp, f.coarse, ii, jj, sp, f.coarse, 0.3), workers=2, min_pairs=8)
     np.testing.assert_array_equal(serial[0], forked[0])
     np.testing.assert_array_equal(serial[1], forked[1])
 
@@ -198,18 +199,18 @@ def test_hamming_pairs_equal_the_double_loop():
     a = rng.integers(0, 2**63, 300, dtype=np.uint64) & np.uint64(0xFFFF)  # many close codes
     b = rng.integers(0, 2**63, 200, dtype=np.uint64) & np.uint64(0xFFFF)
     dist = lambda x, y: bin(int(x) ^ int(y)).count("1")  # noqa: E731
-    i, j = dedup.hamming_pairs(a, 4, block=1000)
+    i, j = candidates.hamming_pairs(a, 4, block=1000)
     assert set(zip(i.tolist(), j.tolist())) == {(x, y) for x in range(300) for y in range(x + 1, 300)
                                                 if dist(a[x], a[y]) < 4}
-    i, j = dedup.hamming_pairs(a, 4, b, block=777)
+    i, j = candidates.hamming_pairs(a, 4, b, block=777)
     assert set(zip(i.tolist(), j.tolist())) == {(x, y) for x in range(300) for y in range(200)
                                                 if dist(a[x], b[y]) < 4}
 
 
 def test_knn_pairs_exact_with_the_sampled_floor():
     rng = np.random.default_rng(4)
-    emb = dedup.standardise(rng.normal(size=(1500, 12)).astype(np.float32))
-    i, j = dedup.knn_pairs(emb, 5, block=400)  # 1500 >= 64 * 5: the sampled lower bound is used
+    emb = fingerprints.standardise(rng.normal(size=(1500, 12)).astype(np.float32))
+    i, j = candidates.knn_pairs(emb, 5, block=400)  # 1500 >= 64 * 5: the sampled lower bound is used
     sim = emb @ emb.T
     np.fill_diagonal(sim, -np.inf)
     want = set()
@@ -223,7 +224,7 @@ def test_knn_pairs_across_two_sets_both_directions():
     rng = np.random.default_rng(1)
     a = rng.normal(size=(30, 8)).astype(np.float32)
     b = rng.normal(size=(7, 8)).astype(np.float32)
-    i, j = dedup.knn_pairs(a, 2, b)
+    i, j = candidates.knn_pairs(a, 2, b)
     got = set(zip(i.tolist(), j.tolist()))
     sim = a @ b.T
     want = {(x, int(y)) for x in range(30) for y in np.argsort(-sim[x])[:2]}
@@ -233,18 +234,18 @@ def test_knn_pairs_across_two_sets_both_directions():
 
 def test_components_and_deterministic_kept_choice():
     # 0-1-2 chain, 3 alone, 4-5 pair; 6-4 joins the pair
-    comp = dedup.components(7, np.array([0, 1, 4, 6]), np.array([1, 2, 5, 4]))
+    comp = groups.components(7, np.array([0, 1, 4, 6]), np.array([1, 2, 5, 4]))
     assert comp.tolist() == [0, 0, 0, 1, 2, 2, 2]
     sharp = np.array([1.0, 3.0, 3.0, 0.5, 2.0, 2.0, 1.0])
     keys = ["c", "b", "a", "d", "z", "y", "x"]
-    keep = dedup.choose_kept(comp, sharp, keys)
+    keep = groups.choose_kept(comp, sharp, keys)
     assert np.flatnonzero(keep).tolist() == [2, 3, 5]  # ties on sharpness -> smallest key
 
 
-def _result(group: list[int]) -> dedup.GroupResult:
+def _result(group: list[int]) -> groups.GroupResult:
     g = np.array(group)
     keys = [f"k{x}" for x in range(len(g))]
-    return dedup.GroupResult("verified", g, dedup.choose_kept(g, np.zeros(len(g)), keys), pd.DataFrame(), {})
+    return groups.GroupResult("verified", g, groups.choose_kept(g, np.zeros(len(g)), keys), pd.DataFrame(), {})
 
 
 def test_resolve_conflicts_drop_and_majority():
@@ -252,22 +253,22 @@ def test_resolve_conflicts_drop_and_majority():
     labels = ["eosinophil", "eosinophil", "neutrophil", "monocyte", "lymphocyte", "basophil", "basophil", "basophil"]
     sharp = np.array([1.0, 2.0, 5.0, 1.0, 1.0, 1.0, 3.0, 1.0])
     keys = [f"k{x}" for x in range(8)]
-    drop = dedup.resolve_conflicts(res, labels, sharp, keys, "drop")
+    drop = conflicts.resolve_conflicts(res, labels, sharp, keys, "drop")
     assert drop.conflict.tolist() == [True] * 5 + [False] * 3
     assert drop.keep.tolist() == [False] * 5 + [True, True, False]
-    assert drop.reason.tolist() == [dedup.LABEL_CONFLICT] * 5 + ["", "", dedup.DUPLICATE]
+    assert drop.reason.tolist() == [conflicts.LABEL_CONFLICT] * 5 + ["", "", conflicts.DUPLICATE]
     assert drop.winner.tolist() == [""] * 8
-    major = dedup.resolve_conflicts(res, labels, sharp, keys, "majority")
+    major = conflicts.resolve_conflicts(res, labels, sharp, keys, "majority")
     # group 0: majority eosinophil, the sharpest eosinophil kept (not the sharper neutrophil); group 1: a tie
     assert major.keep.tolist() == [False, True, False, False, False, True, True, False]
-    assert major.reason.tolist() == [dedup.DUPLICATE, "", dedup.MINORITY_LABEL, dedup.LABEL_TIE, dedup.LABEL_TIE,
-                                     "", "", dedup.DUPLICATE]
+    assert major.reason.tolist() == [conflicts.DUPLICATE, "", conflicts.MINORITY_LABEL, conflicts.LABEL_TIE, conflicts.LABEL_TIE,
+                                     "", "", conflicts.DUPLICATE]
     assert major.winner.tolist() == ["eosinophil"] * 3 + [""] * 5
     assert (major.conflict == drop.conflict).all()
     with pytest.raises(ConfigError):
-        dedup.resolve_conflicts(res, labels, sharp, keys, "vote")
+        conflicts.resolve_conflicts(res, labels, sharp, keys, "vote")
     with pytest.raises(ConfigError):
-        dedup.find_groups(dedup.hash_images(bytes, []), "fuzzy")
+        groups.find_groups(fingerprints.hash_images(bytes, []), "fuzzy")
 
 
 def test_cross_duplicates_between_sets():
@@ -275,7 +276,7 @@ def test_cross_duplicates_between_sets():
     sets = {"train": [k for k in sorted(images) if k.endswith("_a.jpg") or k in ("d000.jpg", "d001.jpg", "d002.jpg")],
             "test": [k for k in sorted(images) if k.endswith("_b.jpg") or k == "d000_copy.jpg" or k.startswith("d01")]}
     loaders = {name: (images.__getitem__, keys) for name, keys in sets.items()}
-    df = dedup.cross_duplicates(loaders, {"mode": "verified", "workers": 1})
+    df = across.cross_duplicates(loaders, {"mode": "verified", "workers": 1})
     got = sorted(zip(df["id_a"], df["id_b"]))
     assert got == sorted([("d000_copy.jpg", "d000.jpg")] + [(f"g{g}_b.jpg", f"g{g}_a.jpg") for g in range(3)])
     assert (df["set_a"] == "test").all() and (df["set_b"] == "train").all()
@@ -327,10 +328,10 @@ def test_synthetic_planted_groups_found(tmp_path):
     rows = [r for r in synthetic.read_truth(paths[-1]) if r["kind"] != "broken"]
     zips = {p.name: zipfile.ZipFile(p) for p in paths[:-1]}
     keys = [(r["file"], r["member"]) for r in rows]
-    f = dedup.hash_images(lambda k: zips[k[0]].read(k[1]), keys, workers=1)
+    f = fingerprints.hash_images(lambda k: zips[k[0]].read(k[1]), keys, workers=1)
     cell = {(r["file"], r["member"]): r["group"] or f"{r['file']}/{r['member']}" for r in rows}
     truth = {f"{k[0]}/{k[1]}": cell[k] for k in f.keys}
-    res = dedup.find_groups(f, "verified")
+    res = groups.find_groups(f, "verified")
     got = pair_set(res, [f"{k[0]}/{k[1]}" for k in f.keys])
     want = true_pairs(truth)
     assert len(want) >= 10 and not f.errors
@@ -351,7 +352,7 @@ def _pbc_members(pbc_zip: Path) -> dict[str, bytes]:
 def test_hashes_bit_identical_with_imagehash(pbc_zip):
     members = _pbc_members(pbc_zip)
     keys = sorted(members)[::350]
-    f = dedup.hash_images(members.__getitem__, keys, workers=1)
+    f = fingerprints.hash_images(members.__getitem__, keys, workers=1)
     assert len(f) == len(keys) >= 25
     for x, k in enumerate(keys):
         img = Image.open(io.BytesIO(members[k]))
@@ -363,7 +364,7 @@ def test_hashes_bit_identical_with_imagehash(pbc_zip):
 def pbc(pbc_zip):
     """Features of the real PBC five classes (one pass shared by the tests below)."""
     members = _pbc_members(pbc_zip)
-    return members, dedup.hash_images(members.__getitem__, sorted(members))
+    return members, fingerprints.hash_images(members.__getitem__, sorted(members))
 
 
 #: Pairs of the paper's 60 non-identical hash pairs that are the same field imaged twice (checked by eye).
@@ -375,7 +376,7 @@ SAME_FIELD = {("eosinophil/EO_246684.jpg", "eosinophil/EO_409717.jpg"),
 @pytest.mark.slow
 def test_paper_mode_on_real_pbc(pbc):
     members, f = pbc
-    res = dedup.find_groups(f, "paper")
+    res = groups.find_groups(f, "paper")
     pairs = res.pairs
     assert res.n_candidates == 74 and res.n_confirmed == 74
     exact = pairs[pairs["exact"]]
@@ -386,10 +387,10 @@ def test_paper_mode_on_real_pbc(pbc):
 @pytest.mark.slow
 def test_verified_mode_on_real_pbc(pbc):
     members, f = pbc
-    res = dedup.find_groups(f, "verified")
+    res = groups.find_groups(f, "verified")
     exact = res.pairs[res.pairs["exact"]]
     assert len(exact) == 14 and (res.group[exact["i"]] == res.group[exact["j"]]).all()
-    paper = dedup.find_groups(f, "paper").pairs
+    paper = groups.find_groups(f, "paper").pairs
     paper = paper[paper["candidate"] & ~paper["exact"]]
     hash_only = [(f.keys[i], f.keys[j]) for i, j in zip(paper["i"], paper["j"])]
     assert len(hash_only) == 60
@@ -398,7 +399,7 @@ def test_verified_mode_on_real_pbc(pbc):
     x, y = f.keys.index("eosinophil/EO_225902.jpg"), f.keys.index("neutrophil/BNE_191112.jpg")
     assert res.group[x] == res.group[y]
     labels = [k.split("/")[0] for k in f.keys]
-    out = dedup.resolve_conflicts(res, labels, f.sharpness, f.keys, "drop")
+    out = conflicts.resolve_conflicts(res, labels, f.sharpness, f.keys, "drop")
     assert out.conflict[x] and out.conflict[y] and not out.keep[x] and not out.keep[y]
     # the verification is strict: few groups beyond the byte-identical ones
     assert res.n_confirmed < 60

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from wbc import dedup, dedup_run
+from wbc.dedup import conflicts
+from wbc.dedup import run as dedup_run
 from wbc.data import ingest, sources, synthetic
 from wbc.data.store import StoreWriter
 
@@ -173,13 +174,13 @@ def test_on_conflict_majority_keeps_the_sharpest_majority_image(planted, mode):
     out = dedup_run.run(manifest, root / "store", {"mode": mode, "on_conflict": "majority", "workers": 1})
     eo, tie = "eosinophil", ""
     assert _by_member(out.groups) == {
-        "neutrophil/c_sharp.jpg": (False, eo, dedup.MINORITY_LABEL),   # the sharpest, but the minority label
+        "neutrophil/c_sharp.jpg": (False, eo, conflicts.MINORITY_LABEL),   # the sharpest, but the minority label
         "eosinophil/c_mid.jpg": (True, eo, ""),                        # the sharpest eosinophil
-        "eosinophil/c_blur.jpg": (False, eo, dedup.DUPLICATE),
-        "lymphocyte/t_a.jpg": (False, tie, dedup.LABEL_TIE),           # 1-1: undecidable, both dropped
-        "monocyte/t_b.jpg": (False, tie, dedup.LABEL_TIE),
+        "eosinophil/c_blur.jpg": (False, eo, conflicts.DUPLICATE),
+        "lymphocyte/t_a.jpg": (False, tie, conflicts.LABEL_TIE),           # 1-1: undecidable, both dropped
+        "monocyte/t_b.jpg": (False, tie, conflicts.LABEL_TIE),
         "basophil/p_a.jpg": (True, "", ""),
-        "basophil/p_b.jpg": (False, "", dedup.DUPLICATE),
+        "basophil/p_b.jpg": (False, "", conflicts.DUPLICATE),
     }
     t = _check_counts(out, manifest)
     assert (t["kept"], t["duplicates_removed"], t["conflicts_dropped"]) == (8, 2, 3)
@@ -199,8 +200,8 @@ def test_on_conflict_drop_drops_every_member(planted, mode):
     table = _by_member(out.groups)
     for m in ("neutrophil/c_sharp.jpg", "eosinophil/c_mid.jpg", "eosinophil/c_blur.jpg",
               "lymphocyte/t_a.jpg", "monocyte/t_b.jpg"):
-        assert table[m] == (False, "", dedup.LABEL_CONFLICT)
-    assert table["basophil/p_b.jpg"] == (False, "", dedup.DUPLICATE)
+        assert table[m] == (False, "", conflicts.LABEL_CONFLICT)
+    assert table["basophil/p_b.jpg"] == (False, "", conflicts.DUPLICATE)
     t = _check_counts(out, manifest)
     assert (t["kept"], t["duplicates_removed"], t["conflicts_dropped"]) == (7, 1, 5)
     lc = out.summary["label_conflicts"]

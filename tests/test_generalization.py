@@ -34,7 +34,7 @@ from wbc.learn.models import build_model, load_checkpoint, save_checkpoint
 from wbc.apps.predict import predict_files
 from wbc.results.predictors import load_predictor
 from wbc.cells.segment import segment
-from wbc.dataset.split import IMAGENET_MEAN, IMAGENET_STD
+from wbc.dataset.pack import IMAGENET_MEAN, IMAGENET_STD
 from wbc.learn.train import TrainConfig
 from wbc.cells.stainnorm import lab_stats, lab_target, reinhard
 
@@ -145,7 +145,8 @@ def test_fused_colour_jitter_equals_the_step_by_step_transform() -> None:
 def test_stain_augmented_training_is_the_same_with_loader_workers(tmp_path: Path) -> None:
     """Stain augmentation runs in the DataLoader workers, seeded per batch in batch order: two
     workers train exactly the model the main process alone trains."""
-    from wbc.learn.train import PackedSet, TrainConfig, make_loader, train_model
+    from wbc.learn.packed import PackedSet, make_loader
+    from wbc.learn.train import TrainConfig, train_model
 
     packed = _packed(tmp_path / "packed", {"train": 12, "val": 4, "test": 4})
     cv2.GaussianBlur(np.zeros((512, 512, 3), np.uint8), (0, 0), 3)  # OpenCV's threads started before the fork
@@ -205,7 +206,7 @@ def test_adabn_sets_the_target_statistics_and_keeps_the_weights() -> None:
     old_stats = model[1].running_mean.clone()
     x = np.random.default_rng(0).integers(100, 256, (40, 3, 16, 16), dtype=np.uint8)  # a brighter "lab"
     adapted = adabn(model, x, IMAGENET_MEAN, IMAGENET_STD, batch_size=8)
-    from wbc.learn.train import normalise
+    from wbc.learn.packed import normalise
     with torch.no_grad():
         feats = model[0](normalise(torch.from_numpy(x), torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)))
     assert torch.allclose(adapted[1].running_mean, feats.mean(dim=(0, 2, 3)), atol=1e-4)
@@ -225,7 +226,7 @@ def test_adabn_pools_statistics_over_class_sorted_images() -> None:
     dark = rng.integers(0, 80, (48, 3, 12, 12), dtype=np.uint8)
     bright = rng.integers(170, 256, (48, 3, 12, 12), dtype=np.uint8)
     x = np.concatenate([dark, bright])  # sorted: one "class", then the other
-    from wbc.learn.train import normalise
+    from wbc.learn.packed import normalise
     with torch.no_grad():
         feats = model[0](normalise(torch.from_numpy(x), torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)))
     adapted = adabn(model, x, IMAGENET_MEAN, IMAGENET_STD, batch_size=16)

@@ -19,7 +19,7 @@ from wbc.data.archives import Limits
 from wbc.apps.cli import main
 from wbc.dataset.inputs import InputItem, InputLimits, collect_inputs, iter_images, read_items
 from wbc.learn.models import build_model, save_checkpoint
-from wbc.dataset.split import IMAGENET_MEAN, IMAGENET_STD, square_resize
+from wbc.dataset.pack import IMAGENET_MEAN, IMAGENET_STD, square_resize
 from wbc.data.store import DEFAULT_MAX_PIXELS, decode_image
 
 MiB = 2**20

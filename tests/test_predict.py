@@ -22,7 +22,7 @@ from wbc.learn.models import build_model, load_checkpoint, save_checkpoint
 from wbc.results.evaluate import evaluate_predictor
 from wbc.apps.predict import differential_count, predict_files, wilson_interval
 from wbc.results.predictors import load_predictor, predict_array
-from wbc.dataset.split import IMAGENET_MEAN, IMAGENET_STD, square_resize
+from wbc.dataset.pack import IMAGENET_MEAN, IMAGENET_STD, square_resize
 from wbc.data.store import decode_image
 
 SIZE = 32

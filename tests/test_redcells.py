@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wbc.data import synthetic
+from wbc.data.synthetic import camera, scene as synth_scene, seeds
 from wbc.cells.cellcrop import CropSpec, crop_square
 from wbc.core.errors import ConfigError
 from wbc.cells.redcells import drop_nested, find_red_cells, red_cell_diameter
@@ -65,10 +65,10 @@ def test_red_cells_of_synthetic_fields_at_two_magnifications() -> None:
     the measured diameters follow the cameras' magnification (PBC 10 px/µm, Raabin 14.5 at 0.7 of
     native resolution). The circles fit the strongest edge, a little inside the soft outer rim, so
     the absolute value reads low; what the crop uses is the ratio between images."""
-    scene = synthetic.Scene(synthetic.DEFAULT_SEED, "synth_pbc", 3, "neutrophil", "", 0)
+    scene = synth_scene.Scene(seeds.DEFAULT_SEED, "synth_pbc", 3, "neutrophil", "", 0)
     ratios = []
-    for cam in (synthetic.PBC_CAMERA, synthetic.RAABIN_CAMERA):
-        field = np.asarray(synthetic.render_field(scene, cam).convert("RGB"))
+    for cam in (camera.PBC_CAMERA, camera.RAABIN_CAMERA):
+        field = np.asarray(synth_scene.render_field(scene, cam).convert("RGB"))
         d = red_cell_diameter(field)
         assert d is not None
         ratios.append(d / cam.px_per_um / cam.native)

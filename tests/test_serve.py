@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from wbc import LABELS
-from wbc.data import synthetic
+from wbc.data.synthetic import camera, scene as synth_scene, seeds
 from wbc.apps.cli import build_parser, main
 from wbc.apps.commands.serve import config_from_args
 from wbc.core.errors import ConfigError, WbcError
@@ -24,7 +24,7 @@ from wbc.learn.models import build_model, save_checkpoint
 from wbc.apps.predict import differential_count
 from wbc.apps.serve_config import (DEFAULT_MAX_FILES, DEFAULT_MAX_UPLOAD_MB, ServeConfig, check_host, default_model, is_loopback,
                               upload_limits)
-from wbc.dataset.split import IMAGENET_MEAN, IMAGENET_STD
+from wbc.dataset.pack import IMAGENET_MEAN, IMAGENET_STD
 from wbc.apps.webapp import create_app
 from wbc.apps.webapp.app import WEB_DIR
 from wbc.apps.predict import predictions_csv
@@ -48,10 +48,10 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def cell_jpeg(index: int, label: str) -> bytes:
     """A synthetic PBC-style white-cell crop (JPEG bytes)."""
-    scene = synthetic.Scene(synthetic.DEFAULT_SEED, "synth_pbc", index, label, "", 0)
-    field = synthetic.render_field(scene, synthetic.PBC_CAMERA)
-    image = synthetic.take_view(field, synthetic.PBC_CAMERA, synthetic.View(), np.random.default_rng(index))
-    return synthetic.encode(image)
+    scene = synth_scene.Scene(seeds.DEFAULT_SEED, "synth_pbc", index, label, "", 0)
+    field = synth_scene.render_field(scene, camera.PBC_CAMERA)
+    image = camera.take_view(field, camera.PBC_CAMERA, camera.View(), np.random.default_rng(index))
+    return camera.encode(image)
 
 
 def cells_zip(broken: bool = True) -> bytes:

@@ -1,4 +1,4 @@
-"""Tests of the split stage (wbc.dataset.split, `wbc split`): stratification, determinism, errors, packing,
+"""Tests of the split stage (wbc.dataset: split, assign, audit, pack, summary; `wbc split`): stratification, determinism, errors, packing,
 reports and the leakage audit, on small generated manifests and image stores."""
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from wbc import LABELS
-from wbc.dataset import split as sp
+from wbc.dataset import assign, audit, pack, split
+from wbc.dataset import summary as split_summary
 from wbc.core.errors import ConfigError, WbcError
 
 MANIFEST_COLUMNS = ["id", "source", "role", "member", "class_folder", "label", "sha256", "bytes", "width", "height",
@@ -43,13 +44,13 @@ UNEVEN = {"a": {"basophil": 37, "eosinophil": 101, "lymphocyte": 260, "monocyte"
 @pytest.mark.parametrize("spec, n, expected", [(0.15, 1000, 150), (0.15, 1001, 150), (0.5, 3, 2), (3200, 24812, 3200),
                                                ("0.2", 10, 2), (0, 10, 0), (7.0, 10, 7)])
 def test_resolve_size(spec, n, expected):
-    assert sp.resolve_size(spec, n, "val") == expected
+    assert assign.resolve_size(spec, n, "val") == expected
 
 
 @pytest.mark.parametrize("spec", [-1, 2.5, "abc", None, True, 11, float("nan")])
 def test_resolve_size_rejects(spec):
     with pytest.raises(ConfigError, match="split.val"):
-        sp.resolve_size(spec, 10, "val")
+        assign.resolve_size(spec, 10, "val")
 
 
 def test_apportion_exact_total_and_within_one_of_quota():
@@ -60,7 +61,7 @@ def test_apportion_exact_total_and_within_one_of_quota():
         if n == 0:
             continue
         total = int(rng.integers(0, n + 1))
-        got = sp.apportion(counts, total)
+        got = assign.apportion(counts, total)
         assert sum(got.values()) == total
         for lab in LABELS:
             quota = total * counts[lab] / n
@@ -69,7 +70,7 @@ def test_apportion_exact_total_and_within_one_of_quota():
 
 def test_apportion_known_case():
     # quotas 3.2, 2.5, 4.3 -> floors 3, 2, 4 (9), one left: largest remainder 0.5 -> b
-    assert sp.apportion({"a": 32, "b": 25, "c": 43}, 10) == {"a": 3, "b": 3, "c": 4}
+    assert assign.apportion({"a": 32, "b": 25, "c": 43}, 10) == {"a": 3, "b": 3, "c": 4}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,11 +85,11 @@ def per_class(frame: pd.DataFrame, name: str) -> dict[str, int]:
 @pytest.mark.parametrize("val, test", [(0.15, 0.15), (200, 200), (150, 90), (0.1, 0.25)])
 def test_stratified_counts_within_one_of_target(val, test):
     kept = make_kept(UNEVEN)
-    res = sp.assign_splits(kept, mode="stratified", val=val, test=test, seed=1)
+    res = assign.assign_splits(kept, mode="stratified", val=val, test=test, seed=1)
     n = len(kept)
     pool = {lab: int((kept["label"] == lab).sum()) for lab in LABELS}
     for name, spec in (("val", val), ("test", test)):
-        total = sp.resolve_size(spec, n, name)
+        total = assign.resolve_size(spec, n, name)
         got = per_class(res.frame, name)
         assert sum(got.values()) == total
         for lab in LABELS:
@@ -99,9 +100,9 @@ def test_stratified_counts_within_one_of_target(val, test):
 
 def test_counts_reconcile_with_kept():
     kept = make_kept(UNEVEN | {"ext": {lab: 7 for lab in LABELS}}, roles={"ext": "external"})
-    res = sp.assign_splits(kept, val=100, test=100, seed=3)
+    res = assign.assign_splits(kept, val=100, test=100, seed=3)
     frame = res.frame
-    assert list(frame.columns) == sp.SPLIT_COLUMNS
+    assert list(frame.columns) == assign.SPLIT_COLUMNS
     assert sorted(frame["id"]) == sorted(kept["id"]) and frame["id"].is_unique
     merged = frame.merge(kept[["id", "source", "label"]], on="id", suffixes=("", "_kept"))
     assert (merged["source"] == merged["source_kept"]).all() and (merged["label"] == merged["label_kept"]).all()
@@ -109,7 +110,7 @@ def test_counts_reconcile_with_kept():
     assert set(frame.loc[frame["source"] == "ext", "split"]) == {"ext"}
     assert set(frame.loc[frame["source"] != "ext", "split"]) == {"train", "val", "test"}
     assert res.sets == ["train", "val", "test", "ext"]
-    summary = sp.summarize(res, kept_rows=len(kept))
+    summary = split_summary.summarize(res, kept_rows=len(kept))
     assert summary["images"] == len(kept) == sum(summary["totals"].values())
     for source, by_label in (UNEVEN | {"ext": {lab: 7 for lab in LABELS}}).items():
         for lab, n in by_label.items():
@@ -117,7 +118,7 @@ def test_counts_reconcile_with_kept():
 
 
 def test_index_is_contiguous_and_sorted_by_id():
-    res = sp.assign_splits(make_kept(UNEVEN), val=0.2, test=0.2, seed=5)
+    res = assign.assign_splits(make_kept(UNEVEN), val=0.2, test=0.2, seed=5)
     for name, sub in res.frame.groupby("split"):
         assert sub["index"].tolist() == list(range(len(sub)))
         assert sub["id"].tolist() == sorted(sub["id"])
@@ -125,9 +126,9 @@ def test_index_is_contiguous_and_sorted_by_id():
 
 def test_same_seed_same_split_other_seed_differs():
     kept = make_kept(UNEVEN)
-    a = sp.assign_splits(kept, val=0.15, test=0.15, seed=42).frame
-    b = sp.assign_splits(kept.sample(frac=1.0, random_state=9), val=0.15, test=0.15, seed=42).frame
-    c = sp.assign_splits(kept, val=0.15, test=0.15, seed=43).frame
+    a = assign.assign_splits(kept, val=0.15, test=0.15, seed=42).frame
+    b = assign.assign_splits(kept.sample(frac=1.0, random_state=9), val=0.15, test=0.15, seed=42).frame
+    c = assign.assign_splits(kept, val=0.15, test=0.15, seed=43).frame
     pd.testing.assert_frame_equal(a, b)  # input row order does not matter
     assert (a["split"] != c["split"]).any()
     assert per_class(a, "val") == per_class(c, "val")  # same targets, other images
@@ -136,18 +137,18 @@ def test_same_seed_same_split_other_seed_differs():
 def test_too_few_images_names_the_class_and_counts():
     # 402 images, val = test = 121: basophil quota 0.60 -> 1 (largest remainder) each, none left for train
     counts = {"a": {"basophil": 2, "eosinophil": 100, "lymphocyte": 100, "monocyte": 100, "neutrophil": 100}}
-    with pytest.raises(sp.SplitError, match=r"class 'basophil' has 2 images.*val 1 \+ test 1"):
-        sp.assign_splits(make_kept(counts), val=0.3, test=0.3, seed=0)
+    with pytest.raises(assign.SplitError, match=r"class 'basophil' has 2 images.*val 1 \+ test 1"):
+        assign.assign_splits(make_kept(counts), val=0.3, test=0.3, seed=0)
 
 
 def test_val_plus_test_larger_than_pool():
-    with pytest.raises(sp.SplitError, match="exceed"):
-        sp.assign_splits(make_kept(UNEVEN), val=700, test=700, seed=0)
+    with pytest.raises(assign.SplitError, match="exceed"):
+        assign.assign_splits(make_kept(UNEVEN), val=700, test=700, seed=0)
 
 
 def test_unknown_mode():
     with pytest.raises(ConfigError, match="stratified, given"):
-        sp.assign_splits(make_kept(UNEVEN), mode="random")
+        assign.assign_splits(make_kept(UNEVEN), mode="random")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,7 +160,7 @@ def test_given_mode_keeps_the_sources_own_split():
               "synth_raabin_testa": {lab: 9 for lab in LABELS},
               "synth_raabin_testb": {lab: 5 for lab in LABELS}}
     kept = make_kept(counts, roles={"synth_raabin_testb": "external"})
-    res = sp.assign_splits(kept, mode="given", val=0.2, test=0.5, seed=0)  # test ignored in given mode
+    res = assign.assign_splits(kept, mode="given", val=0.2, test=0.5, seed=0)  # test ignored in given mode
     f = res.frame
     assert set(f.loc[f["source"] == "synth_raabin_testa", "split"]) == {"test"}
     assert set(f.loc[f["source"] == "synth_raabin_testb", "split"]) == {"synth_raabin_testb"}
@@ -172,7 +173,7 @@ def test_given_mode_keeps_the_sources_own_split():
 
 def test_given_mode_unknown_source_is_a_clear_error():
     with pytest.raises(ConfigError, match="no_such_source"):
-        sp.assign_splits(make_kept({"no_such_source": {lab: 5 for lab in LABELS}}), mode="given")
+        assign.assign_splits(make_kept({"no_such_source": {lab: 5 for lab in LABELS}}), mode="given")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,22 +193,22 @@ def test_load_kept_filters_unusable_rows(tmp_path):
     extra.loc[extra.index[1], "status"] = "quarantined"
     extra.loc[extra.index[2], ["shard", "offset", "length"]] = -1
     write_manifest(pd.concat([kept, extra]), tmp_path / "kept.csv")
-    got = sp.load_kept(tmp_path / "kept.csv")
+    got = assign.load_kept(tmp_path / "kept.csv")
     assert got["id"].tolist() == sorted(kept["id"])
     assert got["shard"].dtype == np.int64
 
 
 def test_load_kept_errors(tmp_path):
     with pytest.raises(WbcError, match="not found"):
-        sp.load_kept(tmp_path / "missing.csv")
+        assign.load_kept(tmp_path / "missing.csv")
     pd.DataFrame({"id": ["a"], "source": ["s"]}).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(WbcError, match="missing column"):
-        sp.load_kept(tmp_path / "bad.csv")
+        assign.load_kept(tmp_path / "bad.csv")
 
 
 def test_profile_defaults_reproduce_the_seed_setup():
-    assert sp.profile_split_defaults("full") == {"val": 3200, "test": 3200}
-    assert sp.profile_split_defaults(None) == {"val": 0.15, "test": 0.15}
+    assert assign.profile_split_defaults("full") == {"val": 3200, "test": 3200}
+    assert assign.profile_split_defaults(None) == {"val": 0.15, "test": 0.15}
 
 
 def test_full_profile_sizes_on_seed_project_counts():
@@ -217,7 +218,7 @@ def test_full_profile_sizes_on_seed_project_counts():
               "monocyte": 561 + 234, "neutrophil": 6231 + 2660}
     counts = {lab: pbc[lab] + raabin[lab] for lab in LABELS}
     assert sum(counts.values()) == 24812
-    val_c, test_c = sp.class_targets(counts, 3200, 3200)
+    val_c, test_c = assign.class_targets(counts, 3200, 3200)
     assert sum(val_c.values()) == sum(test_c.values()) == 3200 and val_c == test_c
     assert sum(counts.values()) - 2 * 3200 == 18412
     # quotas 195.91, 539.48, 602.93, 285.67, 1576.01: floors sum to 3197, the 3 largest remainders get +1
@@ -287,7 +288,7 @@ def store_run(small_store, tmp_path_factory):
     """One stratified run of the whole stage on the small store: (root, kept, summary, out dir)."""
     root, kept = small_store
     out = tmp_path_factory.mktemp("split_out")
-    summary = sp.run_split(root / "kept.csv", root / "store", splits_csv=out / "splits.csv",
+    summary = split.run_split(root / "kept.csv", root / "store", splits_csv=out / "splits.csv",
                            packed_dir=out / "packed", reports_dir=out / "reports", val=0.2, test=0.2,
                            seed=7, image_size=32, dedup_params={"mode": "verified"}, workers=2)
     return root, kept, summary, out
@@ -298,7 +299,7 @@ def test_run_split_outputs_follow_the_contract(store_run):
 
     root, kept, summary, out = store_run
     splits = pd.read_csv(out / "splits.csv")
-    assert list(splits.columns) == sp.SPLIT_COLUMNS and len(splits) == len(kept)
+    assert list(splits.columns) == assign.SPLIT_COLUMNS and len(splits) == len(kept)
     meta = json.loads((out / "packed/meta.json").read_text())
     assert meta["classes"] == list(LABELS) and meta["image_size"] == 32
     assert meta["external"] == ["synth_raabin_testb"]
@@ -316,7 +317,7 @@ def test_run_split_outputs_follow_the_contract(store_run):
         for i in (0, n // 2, n - 1):  # row i is the image of splits row (name, i)
             loc = locs.loc[rows["id"].iloc[i]]
             img = decode_image(store.read(int(loc["shard"]), int(loc["offset"]), int(loc["length"])))
-            np.testing.assert_array_equal(x[i], sp.square_resize(img, 32))
+            np.testing.assert_array_equal(x[i], pack.square_resize(img, 32))
 
 
 def test_run_split_reports(store_run):
@@ -337,16 +338,16 @@ def test_run_split_reports(store_run):
 def test_square_resize_crops_the_centre():
     img = Image.new("RGB", (30, 10), (255, 0, 0))
     img.paste((0, 0, 255), (10, 0, 20, 10))  # blue centre square
-    out = sp.square_resize(img, 5)
+    out = pack.square_resize(img, 5)
     assert out.shape == (3, 5, 5) and out.dtype == np.uint8
     assert (out[2] == 255).all() and (out[0] == 0).all()
 
 
 def test_packing_is_deterministic_with_one_or_many_workers(small_store, tmp_path):
     root, kept = small_store
-    res = sp.assign_splits(kept, val=0.2, test=0.2, seed=7)
-    meta1 = sp.pack(res, kept, root / "store", tmp_path / "one", 32, workers=1)
-    meta2 = sp.pack(res, kept, root / "store", tmp_path / "two", 32, workers=2)
+    res = assign.assign_splits(kept, val=0.2, test=0.2, seed=7)
+    meta1 = pack.pack(res, kept, root / "store", tmp_path / "one", 32, workers=1)
+    meta2 = pack.pack(res, kept, root / "store", tmp_path / "two", 32, workers=2)
     assert meta1 == meta2
     for name in res.sets:
         for part in ("x", "y"):
@@ -357,8 +358,8 @@ def test_packing_is_deterministic_with_one_or_many_workers(small_store, tmp_path
 def test_audit_finds_planted_cross_split_duplicates(tmp_path):
     """Without dedup, Test-A copies of Train images leak in the given split; the audit reports each."""
     kept = build_store(tmp_path / "store", duplicates=3)
-    res = sp.assign_splits(kept, mode="given", val=0.2, seed=0)
-    pairs = sp.audit_leakage(res, kept, tmp_path / "store", {"mode": "verified", "workers": 1})
+    res = assign.assign_splits(kept, mode="given", val=0.2, seed=0)
+    pairs = audit.audit_leakage(res, kept, tmp_path / "store", {"mode": "verified", "workers": 1})
     f = res.frame.set_index("id")
     size = kept.set_index("id")["bytes"]
     assert len(pairs) == 3, pairs
@@ -367,7 +368,7 @@ def test_audit_finds_planted_cross_split_duplicates(tmp_path):
         assert {f.loc[p.id_a, "split"], f.loc[p.id_b, "split"]} == {p.set_a, p.set_b}
         assert "synth_raabin_testa" in (p.id_a.split("/")[0], p.id_b.split("/")[0])
         assert size[p.id_a] == size[p.id_b]
-    summary = sp.summarize_audit(pairs)
+    summary = audit.summarize_audit(pairs)
     assert summary["cross_split_duplicates"] == 3 and sum(summary["by_sets"].values()) == 3
 
 
@@ -390,8 +391,8 @@ def test_cli_split(store_run, tmp_path, capsys):
 
 def test_empty_val_set_is_still_packed(small_store, tmp_path):
     root, kept = small_store
-    res = sp.assign_splits(kept, val=0, test=0.2, seed=7)
-    meta = sp.pack(res, kept, root / "store", tmp_path, 16, workers=1)
+    res = assign.assign_splits(kept, val=0, test=0.2, seed=7)
+    meta = pack.pack(res, kept, root / "store", tmp_path, 16, workers=1)
     assert meta["sets"]["val"] == 0 and meta["sets"]["test"] == round(0.2 * (kept["role"] == "pool").sum())
     assert np.load(tmp_path / "val_x.npy").shape == (0, 3, 16, 16)
     assert np.load(tmp_path / "val_y.npy").shape == (0,)
@@ -403,26 +404,26 @@ def test_synthetic_generate_ingest_dedup_split_has_no_leakage(tmp_path):
 
     Without dedup, the sources' own split leaks (Train scenes re-imaged in Test-A): the audit sees it.
     """
-    from wbc import dedup
+    from wbc.dedup import fingerprints, groups
     from wbc.data import ingest, sources, synthetic
     from wbc.data.store import ImageStore
 
     synthetic.generate(tmp_path / "raw", scale=0.1, workers=1)
     manifest = ingest.ingest_sources(sources.profile_sources("synthetic"), tmp_path / "raw",
                                      tmp_path / "manifest.csv", tmp_path / "store", {"workers": 1})
-    usable = sp.load_kept(tmp_path / "manifest.csv")
-    given = sp.assign_splits(usable, mode="given", val=0.15, seed=0)
-    leaks = sp.audit_leakage(given, usable, tmp_path / "store", {"mode": "verified", "workers": 1})
+    usable = assign.load_kept(tmp_path / "manifest.csv")
+    given = assign.assign_splits(usable, mode="given", val=0.15, seed=0)
+    leaks = audit.audit_leakage(given, usable, tmp_path / "store", {"mode": "verified", "workers": 1})
     assert len(leaks) > 0 and (leaks["set_a"] != leaks["set_b"]).all()
 
     store = ImageStore(tmp_path / "store")
     locs = usable.set_index("id")
-    feats = dedup.hash_images(lambda i: store.read_row(locs.loc[i]), usable["id"].tolist(), workers=1)
-    groups = dedup.find_groups(feats, "verified")
-    kept_ids = {k for k, keep in zip(feats.keys, groups.keep) if keep}
+    feats = fingerprints.hash_images(lambda i: store.read_row(locs.loc[i]), usable["id"].tolist(), workers=1)
+    found = groups.find_groups(feats, "verified")
+    kept_ids = {k for k, keep in zip(feats.keys, found.keep) if keep}
     kept = manifest[manifest["id"].isin(kept_ids)]
     write_manifest(kept, tmp_path / "kept.csv")
-    summary = sp.run_split(tmp_path / "kept.csv", tmp_path / "store", splits_csv=tmp_path / "splits.csv",
+    summary = split.run_split(tmp_path / "kept.csv", tmp_path / "store", splits_csv=tmp_path / "splits.csv",
                            packed_dir=tmp_path / "packed", reports_dir=tmp_path / "reports", val=0.15, test=0.15,
                            seed=42, image_size=16, dedup_params={"mode": "verified", "workers": 1}, workers=1)
     assert summary["images"] == len(kept_ids) < len(usable)
@@ -431,6 +432,6 @@ def test_synthetic_generate_ingest_dedup_split_has_no_leakage(tmp_path):
 
 def test_leakage_warning_only_for_stratified_leaks():
     leak = {"mode": "stratified", "audit": {"cross_split_duplicates": 2, "by_sets": {"test|train": 2}}}
-    assert "2 duplicate pair(s)" in sp.leakage_warning(leak) and "test|train: 2" in sp.leakage_warning(leak)
-    assert sp.leakage_warning({**leak, "mode": "given"}) == ""  # the sources' own split is reported as is
-    assert sp.leakage_warning({"mode": "stratified", "audit": {"cross_split_duplicates": 0, "by_sets": {}}}) == ""
+    assert "2 duplicate pair(s)" in split.leakage_warning(leak) and "test|train: 2" in split.leakage_warning(leak)
+    assert split.leakage_warning({**leak, "mode": "given"}) == ""  # the sources' own split is reported as is
+    assert split.leakage_warning({"mode": "stratified", "audit": {"cross_split_duplicates": 0, "by_sets": {}}}) == ""

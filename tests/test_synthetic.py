@@ -90,7 +90,7 @@ def test_zip_members_are_sorted_stored_with_fixed_dates(synth):
 
 
 def test_file_names_come_from_the_registry(synth):
-    reg = yaml.safe_load((Path(synthetic.__file__).with_name("sources.yaml")).read_text(encoding="utf-8"))
+    reg = yaml.safe_load((Path(synthetic.__file__).parents[1] / "sources.yaml").read_text(encoding="utf-8"))
     expected = {s["file"] for s in reg["sources"].values() if s.get("generator") == "synthetic"}
     assert {p.name for p in synth.glob("*.zip")} == expected
     assert (synth / synthetic.TRUTH_FILE).is_file()

@@ -12,8 +12,10 @@ from wbc import LABELS
 from wbc.apps.cli import main as cli_main
 from wbc.core.errors import ConfigError
 from wbc.learn.models import load_checkpoint
-from wbc.learn.train import (PackedSet, TrainConfig, Trainer, augment, balanced_sampler, loss_weights, make_loader,
-                       mean_colour, normalise, scale_levels, select_device, train_model)
+from wbc.learn.augment import augment, mean_colour, scale_levels
+from wbc.learn.device import select_device
+from wbc.learn.packed import PackedSet, balanced_sampler, loss_weights, make_loader, normalise
+from wbc.learn.train import TrainConfig, Trainer, train_model
 
 SIZE = 32
 COLOURS = np.array([[220, 30, 30], [30, 220, 30], [30, 30, 220], [220, 220, 30], [220, 30, 220]], np.uint8)

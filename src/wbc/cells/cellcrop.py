@@ -3,10 +3,10 @@
 PBC fields are 360 px wide with the cell filling about a third of the side; other labs crop
 tighter or wider. A CNN that learned the PBC scale misreads the others. `crop_square` is the ONE
 function that turns a decoded image into the model's uint8 (3, S, S) input, at packing time
-(`wbc.dataset.split.pack`), at evaluation time (external folders, `wbc.dataset.external`) and in `wbc predict`
+(`wbc.dataset.pack.pack`), at evaluation time (external folders, `wbc.dataset.external`) and in `wbc predict`
 (`wbc.results.predictors.CnnPredictor.prepare`):
 
-- `crop="centre"`: the centre square (the historical behaviour, `wbc.dataset.split.square_resize`);
+- `crop="centre"`: the centre square (the historical behaviour, `wbc.dataset.pack.square_resize`);
 - `crop="cell"`: find the white cell (`cell_box`), take the square centred on it whose side is
   the cell's side / `fraction`, pad it with the background colour where it leaves the image, and
   resize. When no cell is found the centre square is used and the caller counts the fallback.

@@ -31,7 +31,7 @@ from PIL import Image
 from wbc.data.archives import FILE, Entry, Limits, open_reader, validate_entries
 from wbc.core.errors import ArchiveError
 from wbc.core.params import load_params
-from wbc.dataset.split import square_resize
+from wbc.dataset.pack import square_resize
 from wbc.data.store import DEFAULT_MAX_PIXELS, BadImage, decode_image
 
 #: File suffixes picked up inside folders and zip archives (explicit file arguments are always tried).

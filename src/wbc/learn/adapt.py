@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from wbc.learn.train import normalise
+from wbc.learn.packed import normalise
 
 #: Adaptation modes (params `evaluate.adapt`, `wbc predict --adapt`).
 ADAPTS = ("none", "adabn")

@@ -1,7 +1,8 @@
-"""Stain and colour augmentation of uint8 image batches (params `train.stain_augment`).
+"""Augmentation of uint8 training batches: stain and colour (`stain_augment`), flips and zoom (`augment`).
 
-Run by the training loader where each uint8 batch is read (`wbc.learn.train.make_loader(transform=...)`,
-in the DataLoader workers when there are), before the flips and zoom of `wbc.learn.train.augment`; every
+The stain augmentation (params `train.stain_augment`) runs in the training loader where each uint8
+batch is read (`wbc.learn.packed.make_loader(transform=...)`, in the DataLoader workers when there
+are), before the flips and zoom of `augment`; every
 draw comes from a generator seeded per batch from the training seed, so a seed gives the same images.
 `stain_augment(x, generator)` applies, per image:
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 #: Ruifrok & Johnston's haematoxylin, eosin and DAB optical-density vectors (rows, normalised).
 RJ_STAINS = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64)
@@ -174,3 +176,84 @@ def stain_augment(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0) 
     if x.shape[0] == 0:
         return x.clone()
     return rotate90(degrade(colour_jitter(x, gen, strength), gen), gen)
+
+
+# --------------------------------------------------------------------------------------------
+# Flips and zoom (every training batch, after the stain augmentation)
+# --------------------------------------------------------------------------------------------
+
+SCALE_LEVELS = 5  # discrete zoom factors in [scale_min, scale_max]: one resize call per level and batch
+
+
+def scale_levels(scale: tuple[float, float], levels: int = SCALE_LEVELS) -> list[float]:
+    """The discrete zoom factors drawn by `augment` (evenly spaced, one when min == max)."""
+    lo, hi = float(scale[0]), float(scale[1])
+    return [lo] if lo == hi else [lo + (hi - lo) * k / (levels - 1) for k in range(levels)]
+
+
+def _fill_value(fill: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`fill` (a scalar or one value per channel) as a (1, C, 1, 1) tensor of x's dtype and device."""
+    value = torch.as_tensor(fill, dtype=torch.float32).reshape(-1)
+    if x.dtype == torch.uint8:
+        value = value.round().clamp_(0, 255)
+    return value.to(device=x.device, dtype=x.dtype).expand(x.shape[1]).view(1, -1, 1, 1)
+
+
+def _rescale(x: torch.Tensor, s: float, fill: torch.Tensor) -> torch.Tensor:
+    """Zoom a (b, C, S, S) batch by `s` about the centre, back to S px (bilinear, no antialias).
+
+    s > 1: the central round(S/s) px are cropped, then enlarged to S (only pixels that are kept
+    are computed). s < 1: the image shrinks to round(S*s) px, centred on a `fill` background.
+    """
+    size = x.shape[-1]
+    if s > 1:
+        c = max(1, round(size / s))
+        if c == size:
+            return x
+        a = (size - c) // 2
+        x = x[:, :, a:a + c, a:a + c].contiguous()  # a contiguous input takes the fast kernel
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+    m = max(1, round(size * s))
+    if m == size:
+        return x
+    out = fill.expand(x.shape[0], -1, size, size).clone()
+    a = (size - m) // 2
+    out[:, :, a:a + m, a:a + m] = F.interpolate(x, size=(m, m), mode="bilinear", align_corners=False,
+                                                antialias=False)
+    return out
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, scale: tuple[float, float] = (0.9, 1.1),
+            fill: float | torch.Tensor = 0.0) -> torch.Tensor:
+    """Random h/v flips and rescale of a (B, C, S, S) batch (uint8 or float); returns a new tensor.
+
+    Each image gets its own draws (from the CPU `generator`, so they do not depend on the device):
+    flip left-right and up-down with probability 1/2 (exact, `torch.flip` on the chosen images),
+    zoom by one of `scale_levels(scale)` (uniform) about the centre: s > 1 crops, s < 1 pads with
+    `fill` (0 = the mean colour of a normalised batch; pass the mean colour for a uint8 batch).
+    Images are grouped by zoom level, so there is one bilinear `interpolate` per level, and a uint8
+    batch stays uint8 (the fast, 4x smaller path: normalise afterwards; CPU only, CUDA has no
+    uint8 bilinear kernel).
+    """
+    b = x.shape[0]
+    levels = scale_levels(scale)
+    flips = torch.randint(0, 2, (b, 2), generator=generator).tolist()
+    pick = torch.randint(0, len(levels), (b,), generator=generator)
+    out = torch.empty_like(x)
+    for i, (left_right, up_down) in enumerate(flips):  # per-image copies: cheaper than index_put
+        dims = [d for d, on in ((1, up_down), (2, left_right)) if on]  # dims of one (C, S, S) image
+        out[i].copy_(x[i].flip(dims) if dims else x[i])
+    value = _fill_value(fill, x)
+    for k, s in enumerate(levels):
+        idx = (pick == k).nonzero().flatten()
+        if abs(s - 1.0) < 1e-9 or not len(idx):
+            continue
+        scaled = _rescale(out.index_select(0, idx.to(x.device)), s, value)
+        for j, i in enumerate(idx.tolist()):
+            out[i].copy_(scaled[j])
+    return out
+
+
+def mean_colour(mean: torch.Tensor) -> torch.Tensor:
+    """The dataset mean colour on the uint8 scale (0-255): the padding of uint8 augmentation."""
+    return (mean.detach().float().cpu() * 255.0).round()

@@ -75,13 +75,13 @@ def check_image_size(name: str, image_size: int) -> int:
 
 def weights_enum(name: str) -> torchvision.models.WeightsEnum:
     """The torchvision ImageNet weights used for `name` when pretrained."""
-    import torchvision
+    import torchvision  # lazy: `wbc --help` reaches this module through wbc.learn.zoo
     return torchvision.models.get_model_weights(check_model_name(name))[WEIGHTS_TAG]
 
 
 def weights_cache_path(name: str) -> Path:
     """Where torch looks for the pretrained weights file of `name` (follows TORCH_HOME)."""
-    import torch
+    import torch  # lazy: `wbc --help` reaches this module through wbc.learn.zoo
     filename = os.path.basename(weights_enum(name).url)
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
@@ -92,7 +92,7 @@ def ensure_weights(name: str) -> Path:
     Raises ConfigError (naming the file, the cache folder and the two fixes) when the file is
     missing and cannot be downloaded (e.g. offline).
     """
-    import torch
+    import torch  # lazy: `wbc --help` reaches this module through wbc.learn.zoo
     path = weights_cache_path(name)
     if path.is_file():
         return path
@@ -114,7 +114,7 @@ def ensure_weights(name: str) -> Path:
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     """Replace the model's last nn.Linear (its classifier head) by a new `num_classes` one."""
-    from torch import nn
+    from torch import nn  # lazy: `wbc --help` reaches this module through wbc.learn.zoo
     last = None
     for qualname, module in model.named_modules():
         if isinstance(module, nn.Linear):
@@ -130,7 +130,7 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
 
 def _build_vit(num_classes: int, pretrained: bool, image_size: int) -> nn.Module:
     """vit_b_16 at `image_size`; pretrained position embeddings interpolated from 224 px."""
-    import torchvision
+    import torchvision  # lazy: `wbc --help` reaches this module through wbc.learn.zoo
     from torchvision.models.vision_transformer import interpolate_embeddings
 
     model = torchvision.models.vit_b_16(weights=None, image_size=image_size)
@@ -146,7 +146,7 @@ def _build_vit(num_classes: int, pretrained: bool, image_size: int) -> nn.Module
 def group_norm(bn: nn.Module) -> nn.Module:
     """A GroupNorm over `bn`'s channels (groups: the largest of GROUPS dividing them), affine
     parameters copied from `bn` (ImageNet weights keep their scale and shift)."""
-    from torch import nn
+    from torch import nn  # lazy: `wbc --help` reaches this module through wbc.learn.zoo
     channels = bn.num_features
     groups = next(g for g in GROUPS if channels % g == 0)
     gn = nn.GroupNorm(groups, channels, eps=bn.eps, affine=bn.affine)
@@ -159,7 +159,7 @@ def group_norm(bn: nn.Module) -> nn.Module:
 def replace_batchnorm(model: nn.Module) -> nn.Module:
     """Replace every BatchNorm2d of `model` by `group_norm` of it, in place (models without
     BatchNorm, e.g. vgg16, convnext_tiny, vit_b_16, are unchanged)."""
-    from torch import nn
+    from torch import nn  # lazy: `wbc --help` reaches this module through wbc.learn.zoo
     for qualname, module in list(model.named_modules()):
         if isinstance(module, nn.BatchNorm2d):
             parent_name, _, attr = qualname.rpartition(".")
@@ -189,7 +189,7 @@ def build_model(name: str, num_classes: int, pretrained: bool = False, image_siz
 
 def _build(name: str, num_classes: int, pretrained: bool, image_size: int) -> nn.Module:
     """`build_model` with torchvision's own normalisation layers."""
-    import torchvision
+    import torchvision  # lazy: `wbc --help` reaches this module through wbc.learn.zoo
     check_model_name(name)
     check_image_size(name, image_size)
     if num_classes < 2:
@@ -208,7 +208,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, model_name: str, clas
                     image_size: int, mean: list[float], std: list[float], params: dict[str, Any],
                     best_epoch: int, val_macro_f1: float) -> Path:
     """Write the docs/design.md checkpoint (weights as contiguous CPU tensors)."""
-    import torch
+    import torch  # lazy: `wbc --help` reaches this module through wbc.learn.zoo
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
@@ -234,7 +234,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
 
     `meta` holds every checkpoint key except `state_dict`.
     """
-    import torch
+    import torch  # lazy: `wbc --help` reaches this module through wbc.learn.zoo
     path = Path(path)
     if not path.is_file():
         raise WbcError(f"checkpoint not found: {path}")

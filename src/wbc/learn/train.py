@@ -1,27 +1,23 @@
 """Training a CNN on the packed tensors (docs/design.md), as the paper did.
 
 How it works
-- `PackedSet` indexes the memory-mapped `<set>_x.npy` / `<set>_y.npy` with a whole batch of
-  indices at once (a `BatchSampler` drives the DataLoader, so there is no per-image Python work).
-- Training batches are augmented while still uint8 on the CPU (`augment`): random horizontal and
-  vertical flips (exact `torch.flip` on the chosen images) and a random rescale, zoom drawn from
-  5 evenly spaced levels in [scale_min, scale_max] (0.9-1.1); images are grouped by level, so a
-  batch costs at most one bilinear `F.interpolate` per level, computing only the kept pixels
-  (zoom-in: crop the centre, then enlarge; zoom-out: shrink, then pad with the mean colour, i.e.
-  ~0 after normalisation). Random draws come from a seeded CPU generator, so they do not depend
-  on the device. The batch then travels as uint8 and becomes floats on the device: ImageNet
-  normalisation (mean/std from meta.json) in one copy and two in-place passes.
-- With `stain_augment`, `wbc.learn.augment.stain_augment` runs in the loader where the batch is read
-  (in the DataLoader workers, in parallel, when `workers` > 0), before the flips and zoom, with a
-  generator seeded per batch from a seed drawn in batch order (`SeededBatchSampler`): the same
-  images whatever the number of workers.
+- Batches come from `wbc.learn.packed`: the memory-mapped `<set>_x.npy` / `<set>_y.npy`, indexed a
+  whole batch at a time (no per-image Python work).
+- Training batches are augmented while still uint8 on the CPU (`wbc.learn.augment`): with
+  `stain_augment`, the stain jitter runs in the loader where the batch is read (in the DataLoader
+  workers, in parallel, when `workers` > 0), seeded per batch (the same images whatever the number
+  of workers); then random horizontal and vertical flips and a random rescale, zoom drawn from 5
+  evenly spaced levels in [scale_min, scale_max] (0.9-1.1), one bilinear resize per level and
+  batch; random draws come from a seeded CPU generator, so they do not depend on the device. The
+  batch then travels as uint8 and becomes floats on the device (`normalise`: ImageNet mean/std
+  from meta.json, one copy and two in-place passes).
 - Class balancing (`balance`): `sampler` = WeightedRandomSampler (1/class count, seeded generator,
   one epoch = N draws with replacement), `loss` = CrossEntropy weighted N/(C*count), `none`.
 - SGD (momentum) or Adam, StepLR; the best epoch by validation macro-F1 (sklearn, average='macro';
   earliest epoch on ties) is kept and saved as the checkpoint (`wbc.learn.models.save_checkpoint`).
 - Per-epoch train/val loss and accuracy, val macro-F1 and lr are logged with dvclive
   (`<log_dir>/plots/metrics/{train,val}/*.tsv`, `<log_dir>/metrics.json`).
-- Device auto = CUDA, then MPS, then CPU; autocast (float16) + GradScaler and channels_last on
+- Device auto = CUDA, then MPS, then CPU (`wbc.learn.device`); autocast (float16) + GradScaler and channels_last on
   CUDA only. Reproducible on CPU: python/numpy/torch seeded, deterministic algorithms requested
   (warn_only), fixed thread count when `threads` is set, and the CPU kernels pinned
   (`cpu_kernels`, wbc.learn.kernels: the same bytes on any x86-64 CPU with AVX2); the checkpoint records
@@ -30,31 +26,27 @@ How it works
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import random
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.metrics import f1_score
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
-from torch.utils.data import WeightedRandomSampler
+from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
-from wbc.learn import distributed, kernels
-from wbc.learn.augment import WIDE_SCALE, stain_augment
 from wbc.core.errors import ConfigError, WbcError
+from wbc.learn import distributed, kernels
+from wbc.learn.augment import WIDE_SCALE, augment, mean_colour, stain_augment
+from wbc.learn.device import DEVICES, seed_everything, select_device
 from wbc.learn.models import build_model, check_model_name, check_norm, save_checkpoint
+from wbc.learn.packed import PackedSet, balanced_sampler, loss_weights, make_loader, normalise, read_meta
 
 OPTIMIZERS = ("sgd", "adam")
 BALANCES = ("none", "sampler", "loss")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass(frozen=True)
@@ -130,251 +122,6 @@ class TrainResult:
     best_epoch: int
     val_macro_f1: float
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-# ----------------------------------------------------------------------------- data
-
-def read_meta(packed_dir: str | Path) -> dict[str, Any]:
-    """Read `<packed_dir>/meta.json` (WbcError when missing: run the split stage first)."""
-    path = Path(packed_dir) / "meta.json"
-    if not path.is_file():
-        raise WbcError(f"packed tensors not found: {path} (run the split stage: dvc repro split)")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-class PackedSet(Dataset):
-    """One packed set (`<name>_x.npy` uint8 NCHW, `<name>_y.npy` int64), memory-mapped.
-
-    Indexed with a list of indices -> (uint8 tensor (B, 3, S, S), int64 tensor (B,)). The arrays
-    are opened lazily so DataLoader workers each map the file instead of pickling the data.
-    """
-
-    def __init__(self, packed_dir: str | Path, name: str):
-        self.x_path = Path(packed_dir) / f"{name}_x.npy"
-        self.y_path = Path(packed_dir) / f"{name}_y.npy"
-        if not self.x_path.is_file() or not self.y_path.is_file():
-            raise WbcError(f"packed set {name!r} not found in {packed_dir} ({self.x_path.name}, {self.y_path.name})")
-        self.name = name
-        self.labels = np.load(self.y_path).astype(np.int64)
-        self._x: np.ndarray | None = None
-        x = self._images()
-        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1] != 3 or x.shape[0] != len(self.labels):
-            raise WbcError(f"{self.x_path}: expected uint8 (N, 3, S, S) with N={len(self.labels)}, got {x.dtype} {x.shape}")
-
-    def _images(self) -> np.ndarray:
-        if self._x is None:
-            self._x = np.load(self.x_path, mmap_mode="r")
-        return self._x
-
-    def __getstate__(self) -> dict[str, Any]:  # workers re-open the memory map
-        state = dict(self.__dict__)
-        state["_x"] = None
-        return state
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def image_size(self) -> int:
-        return int(self._images().shape[-1])
-
-    def __getitem__(self, index: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = np.asarray(index, dtype=np.int64).reshape(-1)
-        x = np.ascontiguousarray(self._images()[idx])
-        return torch.from_numpy(x), torch.from_numpy(self.labels[idx])
-
-
-def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Images per class (length `num_classes`)."""
-    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)[:num_classes]
-
-
-def loss_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
-    """CrossEntropy class weights N / (C * count); 0 for classes absent from `labels`."""
-    counts = class_counts(labels, num_classes).astype(np.float64)
-    present = counts > 0
-    weights = np.zeros(num_classes)
-    weights[present] = counts.sum() / (present.sum() * counts[present])
-    return torch.tensor(weights, dtype=torch.float32)
-
-
-def balanced_sampler(labels: np.ndarray, num_classes: int, generator: torch.Generator) -> WeightedRandomSampler:
-    """Draw len(labels) indices with replacement, each class equally likely on average."""
-    counts = class_counts(labels, num_classes).astype(np.float64)
-    per_image = 1.0 / counts[np.asarray(labels, dtype=np.int64)]
-    return WeightedRandomSampler(torch.as_tensor(per_image, dtype=torch.double), num_samples=len(labels),
-                                 replacement=True, generator=generator)
-
-
-class SeededBatch(list):
-    """A batch of dataset indices carrying the seed of its augmentation draws (pickled with it to
-    the DataLoader workers)."""
-
-    def __init__(self, indices: Any, seed: int):
-        super().__init__(indices)
-        self.seed = seed
-
-
-class SeededBatchSampler(BatchSampler):
-    """BatchSampler whose batches carry a seed drawn, in batch order, from `generator` (in the main
-    process): a batch transform seeded by it draws the same numbers whichever worker runs it, so the
-    results do not depend on the number of workers."""
-
-    def __init__(self, sampler: Any, batch_size: int, drop_last: bool, generator: torch.Generator):
-        super().__init__(sampler, batch_size, drop_last)
-        self.generator = generator
-
-    def __iter__(self) -> Any:
-        for batch in super().__iter__():
-            yield SeededBatch(batch, int(torch.randint(0, 2**62, (), generator=self.generator)))
-
-
-class _TransformedSet(Dataset):
-    """A packed set whose batches go through `transform(x_uint8, generator)` where they are read (in
-    the DataLoader workers when there are workers), seeded by the batch's own seed."""
-
-    def __init__(self, dataset: PackedSet, transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor]):
-        self.dataset, self.transform = dataset, transform
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: SeededBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.dataset[index]
-        return self.transform(x, torch.Generator().manual_seed(index.seed)), y
-
-
-def make_loader(dataset: PackedSet, batch_size: int, *, sampler: Any = None, workers: int = 0,
-                drop_last: bool = False, pin_memory: bool = False,
-                transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-                transform_seed: int = 0) -> DataLoader:
-    """DataLoader yielding whole batches read with one fancy index into the memory map.
-
-    `transform(x, generator)`: a batch augmentation run where the batch is read (in the workers, in
-    parallel, when `workers` > 0), with a generator seeded per batch from `transform_seed` in batch
-    order (`SeededBatchSampler`): the same images whatever the number of workers.
-    """
-    sampler = sampler if sampler is not None else SequentialSampler(dataset)
-    if transform is None:
-        batches, data = BatchSampler(sampler, batch_size, drop_last), dataset
-    else:
-        batches = SeededBatchSampler(sampler, batch_size, drop_last, torch.Generator().manual_seed(transform_seed))
-        data = _TransformedSet(dataset, transform)
-    return DataLoader(data, batch_size=None, sampler=batches, num_workers=workers, pin_memory=pin_memory,
-                      persistent_workers=workers > 0)
-
-
-# ----------------------------------------------------------------------------- tensors
-
-def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, S, S) -> float normalised ((x/255 - mean) / std), on x's device."""
-    scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1)
-    shift = (mean / std).view(1, -1, 1, 1)
-    return x.to(torch.float32, copy=True).mul_(scale).sub_(shift)  # one copy, two in-place passes
-
-
-SCALE_LEVELS = 5  # discrete zoom factors in [scale_min, scale_max]: one resize call per level and batch
-
-
-def scale_levels(scale: tuple[float, float], levels: int = SCALE_LEVELS) -> list[float]:
-    """The discrete zoom factors drawn by `augment` (evenly spaced, one when min == max)."""
-    lo, hi = float(scale[0]), float(scale[1])
-    return [lo] if lo == hi else [lo + (hi - lo) * k / (levels - 1) for k in range(levels)]
-
-
-def _fill_value(fill: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """`fill` (a scalar or one value per channel) as a (1, C, 1, 1) tensor of x's dtype and device."""
-    value = torch.as_tensor(fill, dtype=torch.float32).reshape(-1)
-    if x.dtype == torch.uint8:
-        value = value.round().clamp_(0, 255)
-    return value.to(device=x.device, dtype=x.dtype).expand(x.shape[1]).view(1, -1, 1, 1)
-
-
-def _rescale(x: torch.Tensor, s: float, fill: torch.Tensor) -> torch.Tensor:
-    """Zoom a (b, C, S, S) batch by `s` about the centre, back to S px (bilinear, no antialias).
-
-    s > 1: the central round(S/s) px are cropped, then enlarged to S (only pixels that are kept
-    are computed). s < 1: the image shrinks to round(S*s) px, centred on a `fill` background.
-    """
-    size = x.shape[-1]
-    if s > 1:
-        c = max(1, round(size / s))
-        if c == size:
-            return x
-        a = (size - c) // 2
-        x = x[:, :, a:a + c, a:a + c].contiguous()  # a contiguous input takes the fast kernel
-        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
-    m = max(1, round(size * s))
-    if m == size:
-        return x
-    out = fill.expand(x.shape[0], -1, size, size).clone()
-    a = (size - m) // 2
-    out[:, :, a:a + m, a:a + m] = F.interpolate(x, size=(m, m), mode="bilinear", align_corners=False,
-                                                antialias=False)
-    return out
-
-
-def augment(x: torch.Tensor, generator: torch.Generator, scale: tuple[float, float] = (0.9, 1.1),
-            fill: float | torch.Tensor = 0.0) -> torch.Tensor:
-    """Random h/v flips and rescale of a (B, C, S, S) batch (uint8 or float); returns a new tensor.
-
-    Each image gets its own draws (from the CPU `generator`, so they do not depend on the device):
-    flip left-right and up-down with probability 1/2 (exact, `torch.flip` on the chosen images),
-    zoom by one of `scale_levels(scale)` (uniform) about the centre: s > 1 crops, s < 1 pads with
-    `fill` (0 = the mean colour of a normalised batch; pass the mean colour for a uint8 batch).
-    Images are grouped by zoom level, so there is one bilinear `interpolate` per level, and a uint8
-    batch stays uint8 (the fast, 4x smaller path: normalise afterwards; CPU only, CUDA has no
-    uint8 bilinear kernel).
-    """
-    b = x.shape[0]
-    levels = scale_levels(scale)
-    flips = torch.randint(0, 2, (b, 2), generator=generator).tolist()
-    pick = torch.randint(0, len(levels), (b,), generator=generator)
-    out = torch.empty_like(x)
-    for i, (left_right, up_down) in enumerate(flips):  # per-image copies: cheaper than index_put
-        dims = [d for d, on in ((1, up_down), (2, left_right)) if on]  # dims of one (C, S, S) image
-        out[i].copy_(x[i].flip(dims) if dims else x[i])
-    value = _fill_value(fill, x)
-    for k, s in enumerate(levels):
-        idx = (pick == k).nonzero().flatten()
-        if abs(s - 1.0) < 1e-9 or not len(idx):
-            continue
-        scaled = _rescale(out.index_select(0, idx.to(x.device)), s, value)
-        for j, i in enumerate(idx.tolist()):
-            out[i].copy_(scaled[j])
-    return out
-
-
-def mean_colour(mean: torch.Tensor) -> torch.Tensor:
-    """The dataset mean colour on the uint8 scale (0-255): the padding of uint8 augmentation."""
-    return (mean.detach().float().cpu() * 255.0).round()
-
-
-# ----------------------------------------------------------------------------- runtime
-
-def select_device(name: str = "auto") -> torch.device:
-    """auto: CUDA, then MPS, then CPU. An explicit unavailable device -> ConfigError."""
-    cuda = torch.cuda.is_available()
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
-    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
-        raise ConfigError(f"train.device={name} but no {name.upper()} device is available (use auto or cpu)")
-    if name not in DEVICES:
-        raise ConfigError(f"unknown device {name!r}; valid: {', '.join(DEVICES)}")
-    return torch.device(name)
-
-
-def seed_everything(seed: int, threads: int | None = None) -> None:
-    """Seed python, numpy and torch; request deterministic algorithms; optionally fix threads."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False
-    if threads:
-        torch.set_num_threads(int(threads))
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -476,7 +223,7 @@ def _open_live(log_dir: str | Path | None) -> Any:
     """A dvclive logger writing into `log_dir` (no dvc.yaml, no experiment), or None."""
     if log_dir is None:
         return None
-    from dvclive import Live
+    from dvclive import Live  # lazy: dvclive imports dvc, slow; only a logged run needs it
 
     return Live(str(log_dir), dvcyaml=None, save_dvc_exp=False, report=None)
 

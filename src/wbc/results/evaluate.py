@@ -31,7 +31,7 @@ from wbc.cells.features import load_features
 from wbc.results.metrics import classification_metrics
 from wbc.results.predictors import Predictor
 from wbc.results.report import write_set_outputs
-from wbc.learn.train import read_meta
+from wbc.learn.packed import read_meta
 
 
 def evaluation_sets(packed_meta: Mapping[str, Any]) -> list[str]:

@@ -36,7 +36,7 @@ from wbc.learn.models import load_checkpoint
 from wbc.cells.cellcrop import CropSpec, crop_square
 from wbc.core.errors import ConfigError, WbcError
 from wbc.cells.stainnorm import STAIN_NORMS, reinhard
-from wbc.learn.train import normalise, read_meta
+from wbc.learn.packed import normalise, read_meta
 
 
 def normaliser(mean: Sequence[float], std: Sequence[float], device: torch.device) -> Callable[[np.ndarray], torch.Tensor]:

@@ -51,13 +51,15 @@ def dedup_folder(root: Path, mode: str = "verified", workers: int = 0, all_sharp
 
     Sharpness (and, in verified mode, the hashes) are computed where they decide: for every image in
     a group of two or more; they are empty for single images unless `all_sharpness`."""
-    from wbc import dedup
+    # lazy: OpenCV, imagehash and scipy are not needed for `wbc --help`
+    from wbc.dedup.fingerprints import PARTS, hash_images
+    from wbc.dedup.groups import find_groups
 
     files = folder_images(root)
-    feats = dedup.hash_images(lambda rel: (root / rel).read_bytes(), files, workers, parts=dedup.PARTS[mode])
+    feats = hash_images(lambda rel: (root / rel).read_bytes(), files, workers, parts=PARTS[mode])
     if not len(feats):
         raise DedupError(f"none of the {len(files)} image files under {root} could be read")
-    res = dedup.find_groups(feats, mode)
+    res = find_groups(feats, mode)
     if all_sharpness:
         feats.fill_paper()
     best = res.best_pair_stats()

@@ -31,10 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate each model file; print its scores per set."""
-    from wbc.results.evaluate import evaluate_predictor
+    from wbc.results.evaluate import evaluate_predictor  # lazy: `wbc --help` imports every command; evaluating needs torch
     from wbc.dataset.external import parse_specs
     from wbc.results.predictors import load_predictor
-    from wbc.learn.train import select_device
+    from wbc.learn.device import select_device
 
     device = select_device(args.device)
     for path in args.models:

@@ -18,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Compute and cache the features; print the degenerate-cell counts per set."""
+    # lazy: `wbc --help` imports every command; this one needs OpenCV and scikit-image
     from wbc.cells.featurize import featurize_sets
 
     summary = featurize_sets(args.splits, args.kept, args.store, args.out, args.reports, workers=args.workers)

@@ -18,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the report and print the table."""
+    # lazy: `wbc --help` imports every command; this one needs pandas
     from wbc.results.generalization import accuracy_table, write_report
 
     runs = {}

@@ -32,10 +32,10 @@ def run(args: argparse.Namespace) -> int:
 
     Exit status 1 when no image could be read, else 0.
     """
-    from wbc.dataset.inputs import InputLimits
+    from wbc.dataset.inputs import InputLimits  # lazy: `wbc --help` imports every command; predicting needs torch
     from wbc.apps.predict import differential_count, format_differential, predict_files, predictions_csv
     from wbc.results.predictors import load_predictor
-    from wbc.learn.train import select_device
+    from wbc.learn.device import select_device
 
     predictor = load_predictor(args.model, device=select_device(args.device), stain_norm=args.stain_norm,
                                adapt="adabn" if args.adapt else "none", tta=args.tta)

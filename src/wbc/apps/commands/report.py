@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Aggregate and write the tables."""
-    from wbc.core.params import load_params
+    from wbc.core.params import load_params  # lazy: `wbc --help` imports every command; the report needs pandas
     from wbc.results.report import write_results
     from wbc.learn.zoo import check_table, table_runs
 

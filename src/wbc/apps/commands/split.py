@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from wbc.dataset import split
+from wbc.dataset.assign import DEFAULT_FRACTION as SPLIT_FRACTION, MODES
 from wbc.cells.cellcrop import CROPS, DEFAULT_FRACTION, DEFAULT_SPAN
 
 HELP = "split kept images (dedup output) into train/val/test (+ external sets), audit leakage, pack tensors"
@@ -17,13 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", required=True, metavar="DIR", help="image store folder of the manifest")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output folder: splits.csv, packed/ and reports/ are written there")
-    parser.add_argument("--mode", choices=split.MODES, default="stratified",
+    parser.add_argument("--mode", choices=MODES, default="stratified",
                         help="stratified (merge pools, stratified val/test) or given (sources' own split)")
     parser.add_argument("--val", default=None, help="val size: a count (3200) or a fraction (0.15)")
     parser.add_argument("--test", default=None, help="test size: a count or a fraction (ignored in given mode)")
     parser.add_argument("--profile", default=None,
                         help="data profile whose default val/test sizes apply when --val/--test are omitted "
-                             f"(else {split.DEFAULT_FRACTION})")
+                             f"(else {SPLIT_FRACTION})")
     parser.add_argument("--seed", type=int, default=42, help="split seed (default: %(default)s)")
     parser.add_argument("--image-size", type=int, default=64, help="packed image side in px (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=0, help="decoding processes, 0 = all cores")

@@ -10,7 +10,7 @@ HELP = ("train one model: a CNN (torchvision name) on packed tensors, keeping th
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the command's arguments."""
-    from wbc.learn.zoo import ALL_MODELS
+    from wbc.learn.zoo import ALL_MODELS  # lazy: only when the parser is built, not on import
 
     parser.add_argument("packed", metavar="PACKED_DIR", help="packed tensors folder (meta.json, train_x.npy, ...)")
     parser.add_argument("--model", required=True, metavar="NAME", help="one of: " + ", ".join(ALL_MODELS))
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read the defaults, apply the flags, train, print the result."""
-    from wbc.core.params import load_params
+    from wbc.core.params import load_params  # lazy: `wbc --help` imports every command; training needs torch
     from wbc.learn.runs import train_run
     from wbc.learn.zoo import check_name
 

@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the verdict; exit 0 on PASS, 1 on FAIL."""
+    # lazy: `wbc --help` imports every command; verify needs pandas and scipy
     from wbc.results.verify import bits_possible, report, verify
 
     read = (lambda p: None if p is None else Path(p).read_text(encoding="utf-8"))

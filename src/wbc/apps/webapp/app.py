@@ -34,7 +34,7 @@ from wbc.apps.webapp.classify import Job, JobStore, classify
 from wbc.apps.webapp.model import PageModel, load_page_model
 from wbc.apps.webapp.results import figure_path, results_payload
 from wbc.apps.webapp.uploads import SavedUpload, UploadRejected, receive_files
-from wbc.learn.train import select_device
+from wbc.learn.device import select_device
 
 #: Static files of the pages (HTML, CSS, JS): package data of wbc.
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"

@@ -1,4 +1,4 @@
-"""Applying duplicate removal (wbc.dedup) to an ingest manifest: the kept manifest, the group
+"""Applying duplicate removal (the wbc.dedup rooms) to an ingest manifest: the kept manifest, the group
 table, the per-source x class summary with both modes' pair counts, the cross-source / cross-split
 audit and the montage of the largest groups. Used by the `dedup` stage."""
 from __future__ import annotations
@@ -11,11 +11,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from wbc import LABELS, dedup
+from wbc import LABELS
 from wbc.data import plots, sources
 from wbc.core.errors import ConfigError
 from wbc.data.ingest import write_manifest
 from wbc.data.store import ImageStore
+from wbc.dedup.conflicts import CONFLICT_RULES, DUPLICATE, LABEL_TIE, resolve_conflicts
+from wbc.dedup.fingerprints import hash_images
+from wbc.dedup.groups import MODES, find_groups
 
 
 @dataclass
@@ -37,23 +40,23 @@ def run(manifest: pd.DataFrame, store_root: str | Path, params: dict[str, Any]) 
     """Deduplicate the canonical-label rows of `manifest` (stored images) with the params' mode;
     the other mode is computed on the same features for the side-by-side counts."""
     mode = params.get("mode", "verified")
-    if mode not in dedup.MODES:
-        raise ConfigError(f"dedup.mode {mode!r} is unknown; valid: {', '.join(dedup.MODES)}")
+    if mode not in MODES:
+        raise ConfigError(f"dedup.mode {mode!r} is unknown; valid: {', '.join(MODES)}")
     on_conflict = params.get("on_conflict", "drop")
-    if on_conflict not in dedup.CONFLICT_RULES:
-        raise ConfigError(f"dedup.on_conflict {on_conflict!r} is unknown; valid: {', '.join(dedup.CONFLICT_RULES)}")
+    if on_conflict not in CONFLICT_RULES:
+        raise ConfigError(f"dedup.on_conflict {on_conflict!r} is unknown; valid: {', '.join(CONFLICT_RULES)}")
     rows = manifest[manifest["label"].isin(LABELS)].sort_values("id", kind="stable").reset_index(drop=True)
     stored = rows[(rows["status"] == "ok") & (rows["shard"] >= 0)]
     store = ImageStore(store_root)
     where = {r.id: (int(r.shard), int(r.offset), int(r.length)) for r in stored.itertuples(index=False)}
-    feats = dedup.hash_images(lambda key: store.read(*where[key]), list(where), int(params.get("workers", 0) or 0))
+    feats = hash_images(lambda key: store.read(*where[key]), list(where), int(params.get("workers", 0) or 0))
 
     extra = {k: v for k, v in params.items() if k not in ("mode", "on_conflict", "workers")}
-    results = {m: dedup.find_groups(feats, m, **extra) for m in dedup.MODES}
+    results = {m: find_groups(feats, m, **extra) for m in MODES}
     res = results[mode]
     by_id = rows.set_index("id")
     labels = by_id.loc[feats.keys, "label"].to_numpy()
-    resolution = dedup.resolve_conflicts(res, labels, feats.sharpness, feats.keys, on_conflict)
+    resolution = resolve_conflicts(res, labels, feats.sharpness, feats.keys, on_conflict)
     keep = resolution.keep
 
     # in = kept + duplicate + conflict + quarantined; images dedup cannot decode stay "quarantined"
@@ -61,8 +64,8 @@ def run(manifest: pd.DataFrame, store_root: str | Path, params: dict[str, Any]) 
     status = pd.Series("quarantined", index=rows["id"])
     idx = pd.Index(feats.keys)
     status.loc[idx[keep]] = "kept"
-    status.loc[idx[~keep & (resolution.reason == dedup.DUPLICATE)]] = "duplicate"
-    status.loc[idx[~keep & (resolution.reason != dedup.DUPLICATE)]] = "conflict"
+    status.loc[idx[~keep & (resolution.reason == DUPLICATE)]] = "duplicate"
+    status.loc[idx[~keep & (resolution.reason != DUPLICATE)]] = "conflict"
 
     kept = rows[rows["id"].isin(idx[keep])].copy()
     groups = _group_table(feats, res, resolution, by_id)
@@ -75,7 +78,7 @@ def run(manifest: pd.DataFrame, store_root: str | Path, params: dict[str, Any]) 
 def _group_table(feats, res, resolution, by_id) -> pd.DataFrame:
     """One row per image in a group of two or more: `kept`, `conflict` (the group's members carry
     different labels), `winner` (the majority label that won a conflict group, "" otherwise) and
-    `reason` (why the image was dropped: dedup.DUPLICATE, LABEL_CONFLICT, MINORITY_LABEL, LABEL_TIE)."""
+    `reason` (why the image was dropped: DUPLICATE, LABEL_CONFLICT, MINORITY_LABEL, LABEL_TIE)."""
     sizes = res.group_sizes()
     members = np.flatnonzero(sizes > 1)
     best = res.best_pair_stats()
@@ -148,7 +151,7 @@ def _conflict_summary(groups: pd.DataFrame) -> dict[str, Any]:
     """Label-conflict groups by outcome (majority kept one image, tie dropped all, the drop rule dropped
     all; groups = the three summed), images kept/dropped in them, and up to 10 example groups."""
     conflicts = groups[groups["conflict"]]
-    outcome = {g: ("majority" if m["kept"].any() else "tie" if (m["reason"] == dedup.LABEL_TIE).any() else "dropped")
+    outcome = {g: ("majority" if m["kept"].any() else "tie" if (m["reason"] == LABEL_TIE).any() else "dropped")
                for g, m in conflicts.groupby("group")}
     examples = [{"outcome": outcome[g], "winner": str(m["winner"].iloc[0]),
                  "members": [f"{i} ({lab})" for i, lab in zip(m["id"], m["label"])]}

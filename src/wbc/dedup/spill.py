@@ -2,8 +2,8 @@
 
 A million images' features (thumbnails, embeddings) or vectors do not fit comfortably in RAM; kept
 in a memory-mapped file they live in the page cache, which the kernel can reclaim, and the process
-holds only the pages it touches between two `release_pages` calls. Used by `wbc.dedup.hash_images`
-(features written chunk by chunk) and `wbc.ann` (vectors read block by block).
+holds only the pages it touches between two `release_pages` calls. Used by `wbc.dedup.fingerprints.hash_images`
+(features written chunk by chunk) and `wbc.dedup.index` (vectors read block by block).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Indexed candidate search for dedup at scale (millions of images): the same candidates as the exact
-search of `wbc.dedup`, in far less than its O(N^2) time.
+search of `wbc.dedup.candidates`, in far less than its O(N^2) time.
 
   - embedding k-NN (verified mode): a FAISS inverted-file index (~sqrt(N) lists, NPROBE visited)
     over 4-bit fast-scan product-quantised codes with one sub-quantizer per dimension, the K_FACTOR x k
@@ -15,7 +15,7 @@ search of `wbc.dedup`, in far less than its O(N^2) time.
     64-bit AHash, then the full rule (AHash < a, PHash < b) on every candidate. The 64 bits are cut
     into m substrings with radii t_i, sum(t_i + 1) > r = a - 1: by the pigeonhole principle every pair
     within r differs by <= t_i bits on some substring i, so enumerating those flips is EXACT (same
-    pairs as `wbc.dedup.hamming_pairs`). Lookups use dense bucket tables (2^w entries per substring)
+    pairs as `wbc.dedup.candidates.hamming_pairs`). Lookups use dense bucket tables (2^w entries per substring)
     and are vectorised over all queries per flip mask; masks are spread over forked workers.
 
 FAISS is imported lazily: it is needed only when `dedup.search: faiss`.
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from wbc.core.errors import ConfigError
-from wbc.spill import release_pages
+from wbc.dedup.spill import release_pages
 
 #: Search engines of `dedup.search`.
 SEARCHES = ("exact", "faiss")
@@ -50,7 +50,7 @@ MAX_WIDTH = 24
 def _faiss() -> Any:
     """The faiss module (optional dependency: faiss-cpu)."""
     try:
-        import faiss
+        import faiss  # lazy: optional dependency (faiss-cpu), only the indexed search needs it
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ConfigError("dedup search 'faiss' needs the faiss-cpu package (pip install -r requirements.txt)") from exc
     return faiss
@@ -129,7 +129,7 @@ def _neighbour_pairs(ids: np.ndarray, k: int, exclude_self: bool) -> tuple[np.nd
 
 def knn_pairs_indexed(emb: np.ndarray, k: int, emb_b: np.ndarray | None = None, *, nlist: int | None = None,
                       nprobe: int = NPROBE, threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """`wbc.dedup.knn_pairs` through a FAISS index: within `emb` pairs i < j (deduplicated), across
+    """`wbc.dedup.candidates.knn_pairs` through a FAISS index: within `emb` pairs i < j (deduplicated), across
     two sets neighbours in both directions. Embeddings must be L2-normalised (`dedup.standardise`)."""
     if k <= 0 or len(emb) == 0 or (emb_b is not None and len(emb_b) == 0):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -251,7 +251,7 @@ def _probe(task: tuple[int, int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 def hamming_pairs_mih(a: np.ndarray, below: int, b: np.ndarray | None = None, *, a2: np.ndarray | None = None,
                       below2: int | None = None, b2: np.ndarray | None = None, workers: int = 1,
                       ) -> tuple[np.ndarray, np.ndarray]:
-    """`wbc.dedup.hamming_pairs` (same pairs, same order) by multi-index hashing on the first code.
+    """`wbc.dedup.candidates.hamming_pairs` (same pairs, same order) by multi-index hashing on the first code.
 
     All (i, j) with popcount(a[i] ^ b[j]) < below (and a2/b2 distance < below2); within `a` (no `b`)
     i < j. `workers` forked processes share the flip masks.
