@@ -36,10 +36,12 @@ def main() -> int:
     ap.add_argument("--distinct", type=int, default=2000)
     ap.add_argument("--groups", type=int, default=300)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--max-shift", type=float, default=0.15, help="re-imaged field shift per axis (dedup_bench)")
+    ap.add_argument("--max-zoom", type=float, default=0.15, help="re-imaged zoom +- (dedup_bench)")
     args = ap.parse_args()
     ann.MIN_IVF_ROWS = 0  # measure the IVF index itself, not its exact small-N fallback
     members = pbc_members(args.zip)
-    images, truth = reimage_set(members, args.distinct, args.groups)
+    images, truth, _ = reimage_set(members, args.distinct, args.groups, max_shift=args.max_shift, max_zoom=args.max_zoom)
     rows = []
     for name, imgs in (("re-imaged benchmark", images), ("real PBC five classes", members)):
         keys = sorted(imgs)

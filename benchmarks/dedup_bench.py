@@ -1,22 +1,29 @@
 """Benchmark of the dedup stage: quality (both modes) and speed against the paper's reference script.
 
 Quality: real PBC cells re-imaged as in a smear (the same cell in an overlapping field: shift up to
-12 % of the crop, zoom +-10 %, Gaussian blur sigma up to 1.6, exposure +-10 %, JPEG quality 70-95),
-mixed with >= 2,000 distinct real cells; pair recall / precision of the final groups, and distinct
-cells that lost all their copies. Speed: the reference (imagehash per image on one core + a Python
-double loop over pairs) vs ours (parallel features + vectorised blocked search + verification) on
-the real PBC five classes, and the candidate search alone for 1k..1M random codes.
+15 % of the side per axis, zoom +-15 % (`--max-shift`, `--max-zoom`), Gaussian blur sigma up to 1.6,
+exposure +-10 %, JPEG quality 70-95), mixed with >= 2,000 distinct real cells; pair recall /
+precision of the final groups, distinct cells that lost all their copies, and for every missed pair
+the stage that lost it (candidates, screen, verification), by shift and zoom bucket; the verified
+mode with its previous defaults (`RUNS`) in the same run. Speed: the reference (imagehash per image
+on one core + a Python double loop over pairs) vs ours (parallel features + vectorised blocked
+search + verification) on the real PBC five classes; with `--baseline REF`, the verified mode of git
+revision REF against this checkout, alternately in this run; and the candidate search alone for
+1k..1M random codes.
 
     python benchmarks/dedup_bench.py [--shared ../shared] [--distinct 2000] [--groups 300] [--quick]
+                                     [--baseline REF] [--quality-only] [--out FILE]
 
-Prints tables and writes them to reports/dedup/benchmark.md.
+Prints tables and writes them to reports/dedup/benchmark.md (or --out).
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import io
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +55,12 @@ SAME_FIELD_TWINS = [
     ("neutrophil/NEUTROPHIL_501624.jpg", "neutrophil/NEUTROPHIL_971896.jpg"),
     ("neutrophil/SNE_487530.jpg", "neutrophil/SNE_973513.jpg"),
 ]
+
+
+#: The runs of the quality table: (name, mode, params). "verified, previous" = the verified mode before
+#: the zoomed candidates (knn_zoom 0) and with the earlier max_offset 0.20, for a before/after in one run.
+RUNS = (("verified", "verified", {}), ("verified, previous", "verified", {"knn_zoom": 0, "max_offset": 0.20}),
+        ("paper", "paper", {}))
 
 
 # --------------------------------------------------------------------------- data
@@ -210,9 +223,10 @@ def breakdown_table(rows: list[dict], by: str) -> list[dict]:
     return out
 
 
-def candidate_quality(f: fingerprints.Features, mode: str, truth: dict[str, int]) -> dict[str, float]:
+def candidate_quality(f: fingerprints.Features, mode: str, truth: dict[str, int],
+                      params: dict | None = None) -> dict[str, float]:
     """Recall and precision of the candidate pairs alone (before verification)."""
-    p = groups._params(mode, {})
+    p = groups._params(mode, dict(params or {}))
     df = groups.candidate_pairs(f, mode, p)
     t = np.array([truth[k] for k in f.keys])
     same = t[df["i"].to_numpy()] == t[df["j"].to_numpy()]
@@ -300,6 +314,61 @@ def search_speed(sizes: tuple[int, ...], budget: float = 120.0, rows: int = 2000
     return out
 
 
+TIMING_CHILD = r"""
+import json, sys, time, zipfile
+from wbc import LABELS
+from wbc.dedup import fingerprints, groups
+with zipfile.ZipFile(sys.argv[1]) as z:
+    names = sorted(n for n in z.namelist() if n.count("/") == 2 and n.split("/")[1] in LABELS
+                   and n.lower().endswith(".jpg") and not n.split("/")[2].startswith("."))
+    members = {n.split("/", 1)[1]: z.read(n) for n in names}
+keys = sorted(members)
+t0 = time.perf_counter()
+f = fingerprints.hash_images(members.__getitem__, keys, parts=fingerprints.PARTS["verified"])
+t1 = time.perf_counter()
+res = groups.find_groups(f, "verified")
+t2 = time.perf_counter()
+sizes = res.group_sizes()
+print(json.dumps({"features_s": t1 - t0, "search_verify_s": t2 - t1, "total_s": t2 - t0,
+                  "candidates": res.n_candidates, "confirmed_pairs": res.n_confirmed,
+                  "images_in_groups": int((sizes > 1).sum()), "groups": int(len(set(res.group[sizes > 1].tolist()))),
+                  "pairs": sorted([sorted([keys[i], keys[j]]) for i, j in res.pairs.loc[res.pairs["confirmed"], ["i", "j"]].to_numpy()])}))
+"""
+
+
+def timed_verified(src: Path, zip_path: Path) -> dict:
+    """Verified-mode dedup of the real PBC five classes with the library in `src` (a fresh process)."""
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    proc = subprocess.run([sys.executable, "-c", TIMING_CHILD, str(zip_path)], env=env, capture_output=True,
+                          text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def before_after(ref: str, zip_path: Path, repeats: int = 2) -> tuple[list[dict], list[str]]:
+    """The verified mode at git revision `ref` (a temporary worktree) and in this checkout, alternately
+    `repeats` times in this one run on this machine; the fastest of each. Returns the table rows and
+    the confirmed pairs that differ."""
+    with tempfile.TemporaryDirectory() as tmp:
+        wt = Path(tmp) / "baseline"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(wt), ref], check=True)
+        try:
+            runs: dict[str, list[dict]] = {"before": [], "after": []}
+            for _ in range(repeats):
+                runs["before"].append(timed_verified(wt / "src", zip_path))
+                runs["after"].append(timed_verified(ROOT / "src", zip_path))
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(wt)], check=True)
+    best = {k: min(v, key=lambda r: r["total_s"]) for k, v in runs.items()}
+    rows = [{"code": f"{k} ({ref if k == 'before' else 'this checkout'})",
+             **{c: round(best[k][c], 1) for c in ("features_s", "search_verify_s", "total_s")},
+             **{c: best[k][c] for c in ("candidates", "confirmed_pairs", "groups", "images_in_groups")}}
+            for k in ("before", "after")]
+    rows[1]["after / before"] = round(best["after"]["total_s"] / best["before"]["total_s"], 2)
+    pb, pa = {tuple(x) for x in best["before"]["pairs"]}, {tuple(x) for x in best["after"]["pairs"]}
+    changed = [f"only before: {a} - {b}" for a, b in sorted(pb - pa)] + [f"only after: {a} - {b}" for a, b in sorted(pa - pb)]
+    return rows, changed
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -320,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-shift", type=float, default=0.15, help="re-imaged field shift per axis, fraction of the side")
     ap.add_argument("--max-zoom", type=float, default=0.15, help="re-imaged zoom, +- this fraction")
     ap.add_argument("--quality-only", action="store_true", help="only the quality section (no speed, no scaling)")
+    ap.add_argument("--baseline", metavar="REF", default=None,
+                    help="also time the verified mode of git revision REF against this checkout on real PBC, in this run")
     ap.add_argument("--quick", action="store_true", help="small benchmark (500 distinct, 60 groups, N <= 100k)")
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "dedup" / "benchmark.md")
     args = ap.parse_args(argv)
@@ -339,12 +410,12 @@ def main(argv: list[str] | None = None) -> int:
                                           max_zoom=args.max_zoom)
     f = fingerprints.hash_images(images.__getitem__, sorted(images), desc="benchmark features", parts=("paper", "verify"))
     rows, breakdown = [], {}
-    for mode in groups.MODES:
+    for name, mode, params in RUNS:
         t = time.perf_counter()
-        res = groups.find_groups(f, mode)
-        rows.append({"data": "re-imaged PBC", "mode": mode, **candidate_quality(f, mode, truth),
+        res = groups.find_groups(f, mode, **params)
+        rows.append({"data": "re-imaged PBC", "mode": name, **candidate_quality(f, mode, truth, params),
                      **quality(res, f.keys, truth), "seconds": round(time.perf_counter() - t, 2)})
-        breakdown[mode] = miss_breakdown(res, f.keys, truth, geometry)
+        breakdown[name] = miss_breakdown(res, f.keys, truth, geometry)
     with tempfile.TemporaryDirectory() as tmp:
         for mode, q in synthetic_quality(Path(tmp)).items():
             rows.append({"data": "synthetic (scale 0.3)", "mode": mode, **q})
@@ -356,14 +427,14 @@ def main(argv: list[str] | None = None) -> int:
               "Pair recall/precision over the final groups; lost = cells with no kept image. "
               f"The sources are the PBC images without byte-identical copies and without the second of each of the "
               f"{len(SAME_FIELD_TWINS)} same-field twins found in PBC and checked by eye (SAME_FIELD_TWINS).", "", md_table(rows, cols), ""]
-    for mode in groups.MODES:
-        lines += [f"### Where the true pairs are lost ({mode} mode)", "",
+    for name, _, _ in RUNS:
+        lines += [f"### Where the true pairs are lost ({name})", "",
                   "A pair is recalled when its two images end in one group (directly or through a third copy). "
                   "For a missed pair, the stage that lost its own link: not among the candidates, ruled out by the "
                   "half-size screen, or rejected by the full-size verification (score below the threshold, or the "
                   "centred cells too far apart). Shift = the larger per-axis shift between the two views (fraction "
                   "of the side); zoom = larger / smaller magnification - 1.", "",
-                  md_table(breakdown_table(breakdown[mode], "shift")), "", md_table(breakdown_table(breakdown[mode], "zoom")), ""]
+                  md_table(breakdown_table(breakdown[name], "shift")), "", md_table(breakdown_table(breakdown[name], "zoom")), ""]
     print("\n".join(lines), flush=True)
     if args.quality_only:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -408,6 +479,13 @@ def main(argv: list[str] | None = None) -> int:
               "then the full decode + sharpness (and hashes) of the images in groups only "
               "(column sharpness_computed).", "", md_table(speed), ""]
     print("\n".join(lines[-3:]), flush=True)
+    if args.baseline:
+        rows_ba, changed = before_after(args.baseline, zip_path)
+        lines += [f"## Before / after on real PBC (verified mode, `--baseline {args.baseline}`)", "",
+                  "Each side in its own process, alternately twice in this run on this machine; the faster of the two "
+                  "runs of each. `pairs` below lists the confirmed pairs found by one side only.", "",
+                  md_table(rows_ba, list(rows_ba[1])), "", *(f"- {c}" for c in changed or ["the same confirmed pairs"]), ""]
+        print("\n".join(lines[-6:]), flush=True)
 
     # (c) candidate search scaling
     sizes = tuple(int(s) for s in args.sizes.split(","))

@@ -3,7 +3,9 @@
 Synthetic data with planted near-duplicates, streamed to disk (np.memmap) in a temporary folder:
   - 64-bit AHash/PHash codes, uniform; 1 % of rows are copies of another row with <= 6 / <= 8 bits flipped;
   - a 153-d embedding (the size of dedup's shift-robust embedding) with low-rank, clustered structure
-    (24 latent factors drawn around 1000 centres, + noise), L2-normalised; planted copies get small noise.
+    (24 latent factors drawn around 1000 centres, + noise), L2-normalised; planted copies get small noise;
+    a second, "zoomed-in" embedding per row (its own plus noise): every k-NN run also queries each row's
+    zoomed embedding for its KZ nearest plain ones (dedup.knn_zoom), as the verified mode does.
     Without clusters (isotropic 24-d latent) the IVF index needs far more lists visited for the same
     recall: a partition index relies on the data having modes, as image embeddings do.
 Every (N, method) runs in its own subprocess, which reports its wall time and peak RSS
@@ -40,6 +42,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM, LATENT, CLUSTERS, K, PLANT = 153, 24, 1000, 12, 0.01
+#: The zoomed-in embedding's neighbours (dedup.knn_zoom): every k-NN run also queries them, as the verified mode does.
+KZ = 8
 A_BELOW, P_BELOW = 11, 14
 METHODS = ("hamming_exact", "hamming_mih", "knn_exact", "knn_ivf")
 FEATURE_METHODS = ("features_ram", "features_spilled")
@@ -74,6 +78,12 @@ def make_data(n: int, folder: Path, seed: int = 0, block: int = 100_000) -> None
         x = emb[s] + 0.05 * rng.normal(size=(len(s), DIM)).astype(np.float32) / np.sqrt(DIM)
         emb[d] = x / np.linalg.norm(x, axis=1, keepdims=True)
     emb.flush()
+    # the zoomed-in embedding of each row: its own plus noise (it costs the same queries as the real one)
+    zoomed = np.memmap(folder / "emb_zoomed.f32", np.float32, "w+", shape=(n, DIM))
+    for start in range(0, n, block):
+        x = emb[start:start + block] + 0.5 * rng.normal(size=(min(block, n - start), DIM)).astype(np.float32) / np.sqrt(DIM)
+        zoomed[start:start + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    zoomed.flush()
 
 
 def _flips(rng: np.random.Generator, m: int, most: int) -> np.ndarray:
@@ -91,6 +101,10 @@ def load(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     a = np.load(folder / "codes_a.npy")
     emb = np.memmap(folder / "emb.f32", np.float32, "r").reshape(len(a), DIM)
     return a, np.load(folder / "codes_p.npy"), emb, np.load(folder / "planted.npy")
+
+
+def load_zoomed(folder: Path, n: int) -> np.ndarray:
+    return np.memmap(folder / "emb_zoomed.f32", np.float32, "r").reshape(n, DIM)
 
 
 # --------------------------------------------------------------------------- one measurement
@@ -140,20 +154,22 @@ def run_knn(folder: Path, method: str, exact_max: int, sample: int, workers: int
 
     _, _, emb, planted = load(folder)
     n, q = len(emb), min(sample, len(emb))
+    zoomed = load_zoomed(folder, n)
     out: dict = {}
     t = time.perf_counter()
     if method == "knn_exact":
         if n > exact_max:
             _knn_one_way(np.ascontiguousarray(emb[:q]), emb, K, False, 2048)
+            _knn_one_way(np.ascontiguousarray(zoomed[:q]), emb, KZ, False, 2048)
             out["extrapolated"] = f"{q} query rows x N/{q}"
             out["seconds"] = (time.perf_counter() - t) * n / q
             return out
-        i, j = knn_pairs(np.asarray(emb), K)
+        i, j = knn_pairs(np.asarray(emb), K, zoomed=np.asarray(zoomed), kz=KZ)
     else:
         import faiss
 
         faiss.omp_set_num_threads(workers)
-        i, j = knn_pairs_indexed(emb, K)
+        i, j = knn_pairs_indexed(emb, K, zoomed=zoomed, kz=KZ)
     out["seconds"], out["peak_rss_mb"] = time.perf_counter() - t, peak_rss_mb()  # before the untimed checks
     out["pairs"], out["planted_recall"] = len(i), _planted_recall(i, j, planted)
     if method == "knn_ivf":

@@ -81,6 +81,23 @@ def test_knn_flat_path_equals_exact_search() -> None:
     assert np.array_equal(exact[0], got[0]) and np.array_equal(exact[1], got[1])
 
 
+def test_knn_zoomed_queries_flat_path_equal_exact_and_ivf_recall() -> None:
+    x, _ = planted_embedding(1500, 50)
+    z, _ = planted_embedding(1500, 50, seed=3)  # another embedding of the same rows (the zoomed-in views)
+    exact, got = knn_pairs(x, 6, zoomed=z, kz=4), ann.knn_pairs_indexed(x, 6, zoomed=z, kz=4)
+    assert np.array_equal(exact[0], got[0]) and np.array_equal(exact[1], got[1])
+    assert len(exact[0]) > len(knn_pairs(x, 6)[0])  # the zoomed queries add pairs
+    y, zy = x[:300] + 0.001, z[:300] + 0.001
+    exact = knn_pairs(x, 3, y, zoomed=z, zoomed_b=zy, kz=2)
+    got = ann.knn_pairs_indexed(x, 3, y, zoomed=z, zoomed_b=zy, kz=2)
+    assert np.array_equal(exact[0], got[0]) and np.array_equal(exact[1], got[1])
+    big, _ = planted_embedding(6000, 300)
+    bz, _ = planted_embedding(6000, 300, seed=5)
+    exact = pairs_set(*knn_pairs(big, 12, zoomed=bz, kz=8))
+    got = pairs_set(*ann.knn_pairs_indexed(big, 12, nlist=64, zoomed=bz, kz=8))  # forced IVF
+    assert len(exact & got) / len(exact) >= 0.97
+
+
 def test_knn_ivf_index_finds_planted_pairs_at_high_recall() -> None:
     x, rows = planted_embedding(6000, 300)
     exact = pairs_set(*knn_pairs(x, 12))

@@ -232,6 +232,53 @@ def test_knn_pairs_across_two_sets_both_directions():
     assert got == want
 
 
+def test_knn_pairs_zoomed_rows_query_the_plain_ones():
+    rng = np.random.default_rng(2)
+    emb = fingerprints.standardise(rng.normal(size=(200, 10)).astype(np.float32))
+    zoomed = fingerprints.standardise(rng.normal(size=(200, 10)).astype(np.float32))
+    i, j = candidates.knn_pairs(emb, 3, zoomed=zoomed, kz=4)
+    sim, zsim = emb @ emb.T, zoomed @ emb.T
+    np.fill_diagonal(sim, -np.inf)
+    np.fill_diagonal(zsim, -np.inf)  # an image's own zoomed view is not a pair
+    want = {(min(x, int(y)), max(x, int(y))) for x in range(200) for y in np.argsort(-sim[x], kind="stable")[:3]}
+    want |= {(min(x, int(y)), max(x, int(y))) for x in range(200) for y in np.argsort(-zsim[x], kind="stable")[:4]}
+    assert set(zip(i.tolist(), j.tolist())) == want
+    assert set(zip(*candidates.knn_pairs(emb, 3, zoomed=zoomed, kz=0))) < want  # kz=0: the plain pairs only
+    # across two sets: each set's zoomed rows query the other's plain rows
+    b, zb = emb[:20], zoomed[:20]
+    i, j = candidates.knn_pairs(emb, 1, b, zoomed=zoomed, zoomed_b=zb, kz=2)
+    cross = {(x, int(y)) for x in range(200) for y in np.argsort(-(zoomed @ b.T)[x])[:2]}
+    cross |= {(int(x), y) for y in range(20) for x in np.argsort(-(zb @ emb.T)[y])[:2]}
+    assert cross <= set(zip(i.tolist(), j.tolist()))
+
+
+def test_zoomed_embedding_finds_copies_at_another_magnification():
+    """Fields re-imaged 15 % larger and moved up to 12 %: each image's zoomed-in embedding lies much
+    closer to its copy than its plain embedding does, so one zoomed neighbour finds more copies than a
+    second plain neighbour at about the same number of candidates."""
+    images = {f"d{s:03d}.jpg": view(smear(3000 + s)) for s in range(120)}
+    rng = np.random.default_rng(0)
+    for g in range(12):
+        field = smear(5000 + g)
+        dx, dy = rng.uniform(-20, 20, 2)
+        images[f"g{g:02d}_a.jpg"], images[f"g{g:02d}_b.jpg"] = view(field), view(field, dx, dy, 1.15, 0.6, quality=85)
+    f = fingerprints.hash_images(images.__getitem__, sorted(images), workers=1, parts=("verify",))
+    plain, zoomed = fingerprints.standardise(f.embed), fingerprints.standardise(f.embed_zoomed, f.embed)
+    ab = [(f.keys.index(f"g{g:02d}_a.jpg"), f.keys.index(f"g{g:02d}_b.jpg")) for g in range(12)]
+    assert all(zoomed[a] @ plain[b] > plain[a] @ plain[b] + 0.1 for a, b in ab)
+
+    def found(**params):
+        df = groups.candidate_pairs(f, "verified", groups._params("verified", params))
+        pairs = set(zip(df["i"].tolist(), df["j"].tolist()))
+        return sum((min(a, b), max(a, b)) in pairs for a, b in ab), len(df)
+
+    (two_plain, n_plain), (with_zoom, n_zoom) = found(knn=2, knn_zoom=0), found(knn=1, knn_zoom=1)
+    assert with_zoom >= two_plain + 4 and n_zoom < 1.3 * n_plain
+    res = groups.find_groups(f, "verified", knn=1, knn_zoom=1)
+    assert sum(res.group[a] == res.group[b] for a, b in ab) == with_zoom  # each found copy is confirmed
+    assert len(set(res.group.tolist())) == len(images) - with_zoom         # and nothing else is merged
+
+
 def test_components_and_deterministic_kept_choice():
     # 0-1-2 chain, 3 alone, 4-5 pair; 6-4 joins the pair
     comp = groups.components(7, np.array([0, 1, 4, 6]), np.array([1, 2, 5, 4]))

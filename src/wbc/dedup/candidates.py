@@ -51,11 +51,18 @@ def hamming_pairs(a: np.ndarray, below: int, b: np.ndarray | None = None, *, a2:
     return i[order], j[order]
 
 
-def knn_pairs(emb: np.ndarray, k: int, emb_b: np.ndarray | None = None, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+def knn_pairs(emb: np.ndarray, k: int, emb_b: np.ndarray | None = None, block: int = 2048, *,
+              zoomed: np.ndarray | None = None, zoomed_b: np.ndarray | None = None,
+              kz: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (i, j) where j is among the k nearest neighbours of i by cosine similarity (blocked matmul).
 
     Without `emb_b`: within `emb`, returned with i < j, deduplicated. With `emb_b`: i indexes emb, j emb_b,
     and neighbours are taken in both directions.
+
+    With `zoomed` (and `zoomed_b` across two sets; rows as in emb / emb_b) and `kz` > 0, also the pairs
+    of views at different magnifications: each row's zoomed-in embedding queries the plain ones for its
+    `kz` nearest (its own row excluded). A copy imaged at a higher magnification looks like the other
+    image zoomed in, so whichever of the two is less magnified finds the other.
     """
     if k <= 0 or len(emb) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -69,7 +76,15 @@ def knn_pairs(emb: np.ndarray, k: int, emb_b: np.ndarray | None = None, block: i
         kb = min(k, len(emb))
         bj, bi = _knn_one_way(other, emb, kb, False, block)  # neighbours of b's rows among a's
         i, j = np.concatenate([i, bi]), np.concatenate([j, bj])
-    else:
+    if zoomed is not None and kz > 0:
+        if self_join:
+            zi, zj = _knn_one_way(zoomed, emb, min(kz, len(emb) - 1), True, block)
+        else:
+            zi, zj = _knn_one_way(zoomed, emb_b, min(kz, len(emb_b)), False, block)
+            bj, bi = _knn_one_way(zoomed_b, emb, min(kz, len(emb)), False, block)
+            zi, zj = np.concatenate([zi, bi]), np.concatenate([zj, bj])
+        i, j = np.concatenate([i, zi]), np.concatenate([j, zj])
+    if self_join:
         i, j = np.minimum(i, j), np.maximum(i, j)
     return _unique_pairs(i, j)
 

@@ -31,6 +31,9 @@ ZOOMS = (1.0, 1.05, 1.10)
 #: Embedding: low-frequency window of the Fourier magnitude (|ky| <= EMB_K, 0 <= kx <= EMB_K).
 EMB_K = 8
 EMB_DIM = (2 * EMB_K + 1) * (EMB_K + 1)
+#: Magnification of the second, zoomed-in embedding (`Features.embed_zoomed`): a copy imaged at a
+#: higher magnification looks like this image zoomed in, which the plain embedding misses beyond ~7 %.
+EMB_ZOOM = 1.10
 #: Images read and decoded per chunk: bounds the bytes in flight (a Pool's imap would read the whole
 #: input ahead of the workers).
 CHUNK = 4096
@@ -57,6 +60,7 @@ class Features:
     thumbs: np.ndarray      # uint8 (N, len(ZOOMS), THUMB, THUMB); no rows when "verify" was not computed
     coarse: np.ndarray      # uint8 (N, len(ZOOMS), COARSE, COARSE): the same at half size
     embed: np.ndarray       # float32 (N, EMB_DIM)
+    embed_zoomed: np.ndarray  # float32 (N, EMB_DIM): the same of the field zoomed in by EMB_ZOOM
     errors: dict[Any, str] = field(default_factory=dict)
     loader: Callable[[Any], bytes] | None = None
     workers: int = 0
@@ -132,14 +136,24 @@ def _hann(t: int) -> np.ndarray:
     return np.outer(np.hanning(t), np.hanning(t)).astype(np.float32)
 
 
-def _embedding(rgb: np.ndarray) -> np.ndarray:
-    """Shift-robust embedding: square-root Fourier magnitude of the windowed saturation thumbnail at
-    low frequencies (translation changes only the phase; +-10 % zoom barely moves low frequencies)."""
-    small = cv2.resize(rgb, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
-    sat = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)[..., 1].astype(np.float32)
+def _fourier_embedding(sat: np.ndarray) -> np.ndarray:
+    """Square-root Fourier magnitude of the windowed (THUMB x THUMB) image at low frequencies."""
     mag = np.abs(scipy.fft.rfft2((sat - sat.mean()) * _hann(THUMB)))
     low = np.concatenate([mag[: EMB_K + 1, : EMB_K + 1], mag[-EMB_K:, : EMB_K + 1]], axis=0)
     return np.sqrt(low).ravel().astype(np.float32)
+
+
+def _embeddings(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Shift-robust embeddings of the saturation thumbnail: plain, and zoomed in by EMB_ZOOM about the
+    centre (translation changes only the phase of the Fourier transform; a zoom of up to ~7 % barely
+    moves its low frequencies, a larger one is matched by the zoomed embedding). The zoomed thumbnail
+    is resampled from the plain one: the low frequencies kept need no more resolution."""
+    small = cv2.resize(rgb, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
+    sat = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)[..., 1].astype(np.float32)
+    c = (THUMB - 1) / 2.0
+    m = np.array([[EMB_ZOOM, 0, c - EMB_ZOOM * c], [0, EMB_ZOOM, c - EMB_ZOOM * c]], np.float64)
+    zoomed = cv2.warpAffine(sat, m, (THUMB, THUMB), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    return _fourier_embedding(sat), _fourier_embedding(zoomed)
 
 
 def standardise(emb: np.ndarray, ref: np.ndarray | Sequence[np.ndarray] | None = None,
@@ -189,7 +203,8 @@ def verify_features(data: bytes) -> dict[str, Any]:
     img = _decode(data, draft=(THUMB, THUMB))
     thumbs = _zoom_thumbs(np.asarray(img.convert("L")))
     half = np.stack([cv2.resize(z, (COARSE, COARSE), interpolation=cv2.INTER_AREA) for z in thumbs])
-    return {"thumbs": thumbs, "coarse": half, "embed": _embedding(np.asarray(img))}
+    embed, embed_zoomed = _embeddings(np.asarray(img))
+    return {"thumbs": thumbs, "coarse": half, "embed": embed, "embed_zoomed": embed_zoomed}
 
 
 def image_features(data: bytes, parts: Sequence[str] = ("paper", "verify")) -> dict[str, Any]:
@@ -286,7 +301,7 @@ class _Sink:
     rows: in RAM, or memory-mapped in `folder` (the per-image arrays only: the scalars stay in RAM)."""
 
     ARRAYS = {"thumbs": ((len(ZOOMS), THUMB, THUMB), np.uint8), "coarse": ((len(ZOOMS), COARSE, COARSE), np.uint8),
-              "embed": ((EMB_DIM,), np.float32)}
+              "embed": ((EMB_DIM,), np.float32), "embed_zoomed": ((EMB_DIM,), np.float32)}
 
     def __init__(self, n: int, parts: tuple[str, ...], folder: str | Path | None):
         self.parts, self.keys = parts, []

@@ -19,6 +19,7 @@ from wbc.dedup.fingerprints import Features, standardise
 #: Defaults of the verified mode (all overridable through find_groups(**params)).
 VERIFIED_DEFAULTS: dict[str, Any] = {
     "knn": 12,              # candidates: each image's k nearest neighbours in the shift-robust embedding
+    "knn_zoom": 8,          # + the k nearest plain embeddings of each image's zoomed-in one (0 = off)
     "verify_threshold": 0.80,  # min(centre NCC, surroundings NCC) after alignment needed to confirm a pair
     "centre": 0.30,         # radius of the central disc (the white cell), as a fraction of the image side
     "max_offset": 0.20,     # the centred cells must coincide: translation <= this fraction of the side
@@ -115,7 +116,8 @@ def _params(mode: str, params: dict[str, Any]) -> dict[str, Any]:
 def candidate_pairs(f: Features, mode: str, p: dict[str, Any], other: Features | None = None) -> pd.DataFrame:
     """Candidate pairs of the mode (within f, or f x other), byte-identical copies flagged `exact`:
     paper mode, the hash rule (AHash < ahash_threshold and PHash < phash_threshold); verified mode,
-    the `knn` nearest neighbours in the shift-robust embedding (both directions across two sets).
+    the `knn` nearest neighbours in the shift-robust embedding (both directions across two sets), plus the
+    `knn_zoom` nearest plain embeddings of each image's zoomed-in embedding (views at other magnifications).
     `p["search"]` picks the engine: "exact" (default) or "faiss" (`wbc.dedup.index`, same pairs for the hash
     rule, approximate k-NN)."""
     indexed = p.get("search", "exact") == "faiss"
@@ -129,12 +131,16 @@ def candidate_pairs(f: Features, mode: str, p: dict[str, Any], other: Features |
     else:
         f.require_verify()
         knn = index.knn_pairs_indexed if indexed else knn_pairs
-        if other is None:
-            i, j = knn(standardise(f.embed), int(p["knn"]))
+        kz = int(p["knn_zoom"])
+        if other is None:  # the plain embeddings' statistics standardise the zoomed ones too
+            zoomed = standardise(f.embed_zoomed, f.embed) if kz > 0 else None
+            i, j = knn(standardise(f.embed), int(p["knn"]), zoomed=zoomed, kz=kz)
         else:
             other.require_verify()
             ref = (f.embed, other.embed)
-            i, j = knn(standardise(f.embed, ref), int(p["knn"]), standardise(other.embed, ref))
+            zoomed = (standardise(f.embed_zoomed, ref), standardise(other.embed_zoomed, ref)) if kz > 0 else (None, None)
+            i, j = knn(standardise(f.embed, ref), int(p["knn"]), standardise(other.embed, ref), zoomed=zoomed[0],
+                       zoomed_b=zoomed[1], kz=kz)
     ei, ej = exact_pairs(f.sha256, None if other is None else other.sha256)
     cand = pd.DataFrame({"i": i, "j": j, "candidate": True})
     exact = pd.DataFrame({"i": ei, "j": ej, "exact": True})
