@@ -64,29 +64,27 @@ def knn_pairs(emb: np.ndarray, k: int, emb_b: np.ndarray | None = None, block: i
     `kz` nearest (its own row excluded). A copy imaged at a higher magnification looks like the other
     image zoomed in, so whichever of the two is less magnified finds the other.
     """
-    if k <= 0 or len(emb) == 0:
+    if k <= 0 or len(emb) == 0 or (emb_b is not None and len(emb_b) == 0):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    self_join = emb_b is None
-    other = emb if self_join else emb_b
-    kk = min(k, len(other) - (1 if self_join else 0))
-    if kk <= 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    i, j = _knn_one_way(emb, other, kk, self_join, block)
-    if not self_join:
-        kb = min(k, len(emb))
-        bj, bi = _knn_one_way(other, emb, kb, False, block)  # neighbours of b's rows among a's
-        i, j = np.concatenate([i, bi]), np.concatenate([j, bj])
+    i, j = _neighbours(emb, emb_b, emb_b, emb, k, block)
     if zoomed is not None and kz > 0:
-        if self_join:
-            zi, zj = _knn_one_way(zoomed, emb, min(kz, len(emb) - 1), True, block)
-        else:
-            zi, zj = _knn_one_way(zoomed, emb_b, min(kz, len(emb_b)), False, block)
-            bj, bi = _knn_one_way(zoomed_b, emb, min(kz, len(emb)), False, block)
-            zi, zj = np.concatenate([zi, bi]), np.concatenate([zj, bj])
+        zi, zj = _neighbours(zoomed, emb_b, zoomed_b, emb, kz, block)
         i, j = np.concatenate([i, zi]), np.concatenate([j, zj])
-    if self_join:
+    if emb_b is None:
         i, j = np.minimum(i, j), np.maximum(i, j)
     return _unique_pairs(i, j)
+
+
+def _neighbours(queries_a: np.ndarray, base_b: np.ndarray | None, queries_b: np.ndarray | None, base_a: np.ndarray,
+                k: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) of the k nearest: within one set (`base_b` None) each row of `queries_a` among `base_a`,
+    its own row excluded; across two, `queries_a` among `base_b` and `queries_b` among `base_a`."""
+    if base_b is None:
+        kk = min(k, len(base_a) - 1)
+        return _knn_one_way(queries_a, base_a, kk, True, block) if kk > 0 else (np.zeros(0, np.int64),) * 2
+    i, j = _knn_one_way(queries_a, base_b, min(k, len(base_b)), False, block)
+    bj, bi = _knn_one_way(queries_b, base_a, min(k, len(base_a)), False, block)  # b's rows among a's
+    return np.concatenate([i, bi]), np.concatenate([j, bj])
 
 
 def _knn_one_way(a: np.ndarray, b: np.ndarray, kk: int, self_join: bool, block: int) -> tuple[np.ndarray, np.ndarray]:

@@ -140,29 +140,28 @@ def knn_pairs_indexed(emb: np.ndarray, k: int, emb_b: np.ndarray | None = None, 
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     if threads > 0:
         _faiss().omp_set_num_threads(threads)
-    zoom = zoomed is not None and kz > 0
-    if emb_b is None:
-        kk = min(k, len(emb) - 1)
-        if kk <= 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        index = build_ivf(emb, nlist)
-        i, j = _neighbour_pairs(search_knn(index, emb, kk + 1, nprobe), kk, exclude_self=True)
-        if zoom:
-            kz = min(kz, len(emb) - 1)
-            ids = search_knn(index, zoomed, kz + 1, min(nprobe, ZOOM_NPROBE))
-            zi, zj = _neighbour_pairs(ids, kz, exclude_self=True)
-            i, j = np.concatenate([i, zi]), np.concatenate([j, zj])
-        return _unique(np.minimum(i, j), np.maximum(i, j))
-    index_a, index_b = build_ivf(emb, nlist), build_ivf(emb_b, nlist)
-    i, j = _neighbour_pairs(search_knn(index_b, emb, min(k, len(emb_b)), nprobe), k, False)
-    bj, bi = _neighbour_pairs(search_knn(index_a, emb_b, min(k, len(emb)), nprobe), k, False)
-    parts_i, parts_j = [i, bi], [j, bj]
-    if zoom:
-        zi, zj = _neighbour_pairs(search_knn(index_b, zoomed, min(kz, len(emb_b)), min(nprobe, ZOOM_NPROBE)), kz, False)
-        zbj, zbi = _neighbour_pairs(search_knn(index_a, zoomed_b, min(kz, len(emb)), min(nprobe, ZOOM_NPROBE)), kz, False)
-        parts_i += [zi, zbi]
-        parts_j += [zj, zbj]
-    return _unique(np.concatenate(parts_i), np.concatenate(parts_j))
+    if emb_b is None and min(k, len(emb) - 1) <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    indexes = (build_ivf(emb, nlist), None if emb_b is None else build_ivf(emb_b, nlist))
+    i, j = _indexed_neighbours(emb, emb_b, indexes, k, nprobe)
+    if zoomed is not None and kz > 0:
+        zi, zj = _indexed_neighbours(zoomed, zoomed_b, indexes, kz, min(nprobe, ZOOM_NPROBE))
+        i, j = np.concatenate([i, zi]), np.concatenate([j, zj])
+    return _unique(np.minimum(i, j), np.maximum(i, j)) if emb_b is None else _unique(i, j)
+
+
+def _indexed_neighbours(queries_a: np.ndarray, queries_b: np.ndarray | None, indexes: tuple[Any, Any], k: int,
+                        nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) of the k nearest through the built indexes (index_a, index_b): within one set (index_b None)
+    each row of `queries_a` in index_a, its own row excluded; across two, `queries_a` in index_b and
+    `queries_b` in index_a."""
+    index_a, index_b = indexes
+    if index_b is None:
+        kk = min(k, index_a.ntotal - 1)
+        return _neighbour_pairs(search_knn(index_a, queries_a, kk + 1, nprobe), kk, exclude_self=True)
+    i, j = _neighbour_pairs(search_knn(index_b, queries_a, min(k, index_b.ntotal), nprobe), k, False)
+    bj, bi = _neighbour_pairs(search_knn(index_a, queries_b, min(k, index_a.ntotal), nprobe), k, False)
+    return np.concatenate([i, bi]), np.concatenate([j, bj])
 
 
 def _unique(i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
