@@ -10,6 +10,16 @@ report (`wbc.results.generalization.write_report`). Each step is skipped when it
 interrupted run resumes. Nothing is trained on the external set.
 
     python benchmarks/generalization_bench.py --run /tmp/gen --external lisc=../shared/data/external/lisc/LISC_crops.zip
+
+`--recipes 1 2 3` makes the recipes table instead (issue 23): the baseline (params.yaml's defaults),
+the previous recipe `rbc_stain` and the new `other_labs` (src/wbc/core/recipes.yaml), each trained
+once per seed, plus `tavakoli_svm` and `invariant_svm`, evaluated on PBC test, the external sets and
+the stress sets built from the run's test split (`wbc.dataset.stress`, `--stress-seed`), and written
+over the seeds (mean ± 95 % half-width, crop fallback rates) by
+`wbc.results.generalization.write_seed_report`:
+
+    python benchmarks/generalization_bench.py --run ../pbcrun --external lisc=../shared/data/external/lisc/LISC_crops.zip \
+        --out gen_out --recipes 1 2 3 --report reports/generalization_pbc.md
 """
 from __future__ import annotations
 
@@ -25,18 +35,19 @@ import pandas as pd
 from wbc.cells.cellcrop import CropSpec
 from wbc.results.evaluate import evaluate_predictor
 from wbc.dataset.external import parse_specs
-from wbc.results.generalization import collect, write_report
+from wbc.results.generalization import collect, write_report, write_seed_report
+from wbc.dataset.stress import build_stress_sets, stress_specs, test_rows
 from wbc.core.params import load_params
 from wbc.results.predictors import load_predictor
 from wbc.results.report import ci_half_width
 from wbc.learn import kernels
 from wbc.learn.runs import train_run
 from wbc.dataset.assign import Assignment, load_kept
-from wbc.dataset.pack import pack
+from wbc.dataset.pack import VIEW_SEED, pack
 from wbc.cells.stainnorm import lab_target
 from wbc.learn.train import input_params
 
-#: Training settings: name -> (crop, train overrides).
+#: Training settings: name -> (crop, train overrides); a `lab_view_prob` needs the packing's lab views.
 TRAININGS = {
     "baseline": ("centre", {}),
     "cell": ("cell", {}),
@@ -50,6 +61,16 @@ TRAININGS = {
     "rbc+stain+long": ("rbc", {"stain_augment": True, "epochs": 12, "step_size": 8}),
     # and with twice the colour ranges (train.stain_strength 2)
     "rbc+strong+long": ("rbc", {"stain_augment": True, "stain_strength": 2.0, "epochs": 12, "step_size": 8}),
+    # recipe other_labs: + every crop path trained for (lab views: tight crops, low resolution, JPEG)
+    "rbc+views+stain+long": ("rbc", {"stain_augment": True, "epochs": 12, "step_size": 8, "lab_view_prob": 0.5}),
+}
+#: The recipes table (`--recipes SEED...`): name -> (training, stain_norm, adapt, tta); the names of
+#: src/wbc/core/recipes.yaml (`recipe: <name>`), the baseline being params.yaml's defaults.
+RECIPES = {
+    "other_labs": ("rbc+views+stain+long", "none", "adabn", True),
+    "baseline": ("baseline", "none", "none", False),
+    "rbc_stain": ("rbc+stain+long", "none", "adabn", True),
+    "other_labs without test-time levers": ("rbc+views+stain+long", "none", "none", False),
 }
 #: Evaluation settings: name -> (training, stain_norm, adapt, tta), in the order they are run (the
 #: test-time levers on the baseline model first: they cost no training).
@@ -112,18 +133,29 @@ def adopt(ckpt: Path, packed: Path, dest: Path) -> Path:
     return dest
 
 
-def packed_dir(run: Path, out: Path, crop: str, size: int) -> Path:
-    """The run's split packed with `crop` (made once; the centre crop reuses the run's own tensors)."""
-    dest = out / f"packed_{crop}_{size}"
-    if (dest / "meta.json").is_file() or (crop == "centre" and reuse_centre(run, dest, size)):
+def packed_dir(run: Path, out: Path, crop: str, size: int, views: bool = False) -> Path:
+    """The run's split packed with `crop` (made once; the centre crop reuses the run's own tensors);
+    `views`: with the train set's lab views (`wbc.dataset.pack`, split seed 42)."""
+    dest = out / f"packed_{crop}{'_views' if views else ''}_{size}"
+    if (dest / "meta.json").is_file() or (crop == "centre" and not views and reuse_centre(run, dest, size)):
         return dest
     kept = load_kept(run / "data/interim/kept.csv")
     frame = pd.read_csv(run / "data/processed/splits.csv", dtype={"index": "int64"})
     assignment = Assignment(frame, "stratified", 42, 0, 0)
     t0 = time.time()
-    meta = pack(assignment, kept, run / "data/interim/store", dest, size, workers=2, crop=CropSpec(crop))
+    meta = pack(assignment, kept, run / "data/interim/store", dest, size, workers=2, crop=CropSpec(crop),
+                view_seed=VIEW_SEED + 42 if views else None)
     print(f"packed {crop}: {meta['sets']} fallback {meta['cell_fallback']} in {time.time() - t0:.0f} s", flush=True)
     return dest
+
+
+def stress_sets(args: argparse.Namespace) -> dict:
+    """The stress sets of the run's test split (`wbc.dataset.stress`, made once), as external specs."""
+    folder = args.out / f"stress-seed{args.stress_seed}"
+    if not stress_specs(folder):
+        rows = test_rows(args.run / "data/processed/splits.csv", load_kept(args.run / "data/interim/kept.csv"))
+        print(build_stress_sets(rows, args.run / "data/interim/store", folder, seed=args.stress_seed)["sets"], flush=True)
+    return stress_specs(folder)
 
 
 def svm_baseline(args: argparse.Namespace, external: dict) -> Path:
@@ -162,10 +194,80 @@ def seed_summary(frame: pd.DataFrame, settings: list[str], seeds: list[int]) -> 
             + "\n".join(lines) + "\n")
 
 
+#: Row labels of the recipes table.
+RECIPE_LABELS = {
+    "baseline": "baseline: resnet18, centre crop, 4 epochs",
+    "rbc_stain": "recipe rbc_stain (previous): rbc crop + stain aug., 12 epochs, adabn + tta",
+    "other_labs": "recipe other_labs (new): + lab views (every crop path), adabn + tta",
+    "other_labs without test-time levers": "other_labs model, no adabn / tta",
+}
+
+
+def checkpoint(args: argparse.Namespace, training: str, seed: int) -> Path:
+    """A trained resnet18 of one training setting and seed (the main seed keeps the plain name)."""
+    tag = "" if seed == args.seed else f"-seed{seed}"
+    return args.out / "models" / f"resnet18-{training}{tag}.ckpt"
+
+
+def train_once(args: argparse.Namespace, training: str, seed: int, train_params: dict, packed: Path) -> Path:
+    """Train one resnet18 unless its checkpoint exists."""
+    ckpt = checkpoint(args, training, seed)
+    if not ckpt.is_file():
+        crop, overrides = TRAININGS[training]
+        t0 = time.time()
+        print(train_run("resnet18", seed, packed_dir=packed, features_dir=None, out=ckpt, log_dir=None,
+                        train_params={**train_params, **overrides}), f"({time.time() - t0:.0f} s)", flush=True)
+    return ckpt
+
+
+def feature_runs(args: argparse.Namespace, external: dict, prepared: dict) -> dict[str, list[Path]]:
+    """Each feature model fitted once per seed on the run's train features and evaluated."""
+    groups: dict[str, list[Path]] = {}
+    features = args.run / "data/processed/features"
+    for model in args.feature_models:
+        for seed in args.recipes:
+            dest = args.out / "evaluate" / f"{model}-seed{seed}"
+            if not (dest / "metrics.json").is_file():
+                path = args.out / "models" / f"{model}-seed{seed}.ckpt"
+                if not path.is_file():
+                    print(train_run(model, seed, packed_dir=None, features_dir=features, out=path, log_dir=None,
+                                    train_params=None), flush=True)
+                evaluate_predictor(load_predictor(path), packed_dir(args.run, args.out, "centre", args.size), dest,
+                                   features_dir=features, external=external, title=model, prepared=prepared)
+            groups.setdefault(model, []).append(dest)
+    return groups
+
+
+def recipes_table(args: argparse.Namespace, external: dict, train_params: dict) -> int:
+    """Baseline and recipes, each trained with every seed of `--recipes`, on PBC test, the external sets
+    and the stress sets: the report over seeds (`wbc.results.generalization.write_seed_report`)."""
+    prepared: dict = {}  # external sets prepared once per crop (every checkpoint of a crop shares them)
+    groups: dict[str, list[Path]] = {}
+    notes = args.notes.read_text(encoding="utf-8") if args.notes else ""
+
+    def report() -> None:
+        summary = write_seed_report(groups, args.report, args.report.with_suffix(".png"),
+                                    title="Generalization to other labs (real PBC)", notes=notes)
+        print(summary.round(1).to_string(index=False), flush=True)
+
+    for name in args.recipe_order or list(RECIPES):
+        training, stain_norm, adapt, tta = RECIPES[name]
+        crop, overrides = TRAININGS[training]
+        packed = packed_dir(args.run, args.out, crop, args.size, views="lab_view_prob" in overrides)
+        for seed in args.recipes:
+            ckpt = train_once(args, training, seed, train_params, packed)
+            dest = args.out / "evaluate" / f"recipe-{name}-seed{seed}"
+            if not (dest / "metrics.json").is_file():
+                evaluate_predictor(load_predictor(ckpt, stain_norm=stain_norm, adapt=adapt, tta=tta), packed, dest,
+                                   external=external, title=f"{name} seed {seed}", prepared=prepared)
+            groups.setdefault(RECIPE_LABELS.get(name, name), []).append(dest)
+            report()
+    groups.update(feature_runs(args, external, prepared))
+    report()
+    return 0
+
+
 def main() -> int:
-    # several models are trained and evaluated in this one process: pin the CPU kernels before
-    # torch runs anything (wbc.learn.kernels), or a train_model after an evaluation would refuse
-    kernels.pin_environment()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True, help="a finished pbc profile run (workspace root)")
     ap.add_argument("--external", action="append", required=True, metavar="NAME=PATH")
@@ -177,14 +279,28 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--only", nargs="*", default=None, help="evaluation settings to run (default: all)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--report", type=Path, default=Path("reports/generalization.md"))
+    ap.add_argument("--report", type=Path, default=Path("reports/generalization_pbc.md"))
     ap.add_argument("--baseline-ckpt", type=Path, default=None,
                     help="use this resnet18 checkpoint (trained by the run on its centre crops with the same "
                          "params and seed) as the baseline instead of training it again")
     ap.add_argument("--notes", type=Path, default=None, help="text put under the report's title (how it was made)")
+    ap.add_argument("--recipes", type=int, nargs="*", default=None, metavar="SEED",
+                    help="the recipes table instead: baseline and every recipe trained with each of these seeds, "
+                         "evaluated on the external sets and on the stress sets built from the run's test split")
+    ap.add_argument("--recipe-order", nargs="*", default=None, help=f"recipes to run, in order (default: {list(RECIPES)})")
+    ap.add_argument("--feature-models", nargs="*", default=["tavakoli_svm", "invariant_svm"])
+    ap.add_argument("--stress-seed", type=int, default=23, help="the stress sets' seed (params.yaml stress.seed)")
+    ap.add_argument("--kernels", default=None,
+                    help="train.cpu_kernels of every training and evaluation here (default: the run's, avx2)")
     args = ap.parse_args()
+    # several models are trained and evaluated in this one process: pin the CPU kernels before
+    # torch runs anything (wbc.learn.kernels), or a train_model after an evaluation would refuse
+    kernels.pin_environment(args.kernels or kernels.DEFAULT_LEVEL)
     external = parse_specs({k: {"path": v} for k, _, v in (e.partition("=") for e in args.external)})
-    train_params = {**load_params(args.run / "params.yaml")["train"], "threads": args.threads}
+    train_params = {**load_params(args.run / "params.yaml", recipe=False)["train"], "threads": args.threads,
+                    **({"cpu_kernels": args.kernels} if args.kernels else {})}
+    if args.recipes is not None:
+        return recipes_table(args, {**external, **stress_sets(args)}, train_params)
     runs = {"baseline (features)": svm_baseline(args, external)}
     plan = [(name, args.seed) for name in EVALS if args.only is None or name in args.only]
     plan += [(name, seed) for seed in args.extra_seeds for name in args.extra_only]

@@ -1,6 +1,7 @@
-"""Stage `features`: the 51 features of the feature-based method (Tavakoli et al.) for every image
-of every set, from the original-resolution images of the store -> one .npz per set, the
-degenerate-cell counts and the segmentation figure.
+"""Stage `features`: the 51 features of the feature-based method (Tavakoli et al.) and the
+stain-invariant features of `invariant_svm` (`wbc.cells.invariant`) for every image of every set,
+from the original-resolution images of the store -> `<set>.npz` and `<set>.invariant.npz` per set,
+the degenerate-cell counts and the segmentation figure.
 
 dvc.yaml writes every path on the command line; params: features.workers (speed only, not a dependency).
 """

@@ -26,7 +26,7 @@ def main() -> int:
         image_size=sp.get("image_size", 64), profile=params["data"]["profile"],
         dedup_params=dedup, workers=dedup.get("workers", 0),
         crop=sp.get("crop", "centre"), cell_fraction=sp.get("cell_fraction", 0.6),
-        rbc_span=sp.get("rbc_span", DEFAULT_SPAN),
+        rbc_span=sp.get("rbc_span", DEFAULT_SPAN), lab_views=bool(sp.get("lab_views", False)),
     )
     totals = ", ".join(f"{name} {n:,}" for name, n in summary["totals"].items())
     print(f"split: {summary['images']:,} images: {totals}; "

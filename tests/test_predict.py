@@ -27,7 +27,7 @@ from wbc.data.store import decode_image
 
 SIZE = 32
 ARCH = "shufflenet_v2_x1_0"  # small torchvision model (~1.3 M parameters)
-COLUMNS = ["path", "label", "confidence", *[f"p_{c}" for c in LABELS], "error"]
+COLUMNS = ["path", "label", "confidence", *[f"p_{c}" for c in LABELS], "crop", "error"]
 
 
 def _save(path: Path, model: torch.nn.Module) -> Path:

@@ -15,6 +15,7 @@ COMMANDS = {
     "ingest": "ingest",
     "dedup": "dedup",
     "split": "split",
+    "stress": "stress",
     "features": "features",
     "train": "train",
     "evaluate": "evaluate",

@@ -18,6 +18,7 @@ import pandas as pd
 from scipy.stats import binomtest
 from tqdm import tqdm
 
+from wbc.cells.cellcrop import PATHS
 from wbc.dataset.inputs import InputItem, InputLimits, collect_inputs, iter_images
 from wbc.results.predictors import Predictor
 
@@ -35,18 +36,20 @@ def predict_files(
 ) -> pd.DataFrame:
     """Predict every image under `paths` -> one row per input, in `collect_inputs` order.
 
-    Columns: `path`, `label`, `confidence`, `p_<class>` per model class, `error` (empty when the
-    image was read; otherwise label/confidence/probabilities are empty). `adapt`: every image is
-    prepared first and the model adapted to them (`predictor.adapted`, AdaBN for a CNN loaded with
-    adapt="adabn"), then predicted. `frame.attrs["cell_crop_fallback"]`: images whose cell the
-    cell crop did not find (centre crop used).
+    Columns: `path`, `label`, `confidence`, `p_<class>` per model class, `crop` (the crop path the
+    image took, `wbc.cells.cellcrop.PATHS`: the model's own, or a fallback; empty for the feature
+    model and unread images), `error` (empty when the image was read; otherwise
+    label/confidence/probabilities are empty). `adapt`: every image is prepared first and the model
+    adapted to them (`predictor.adapted`, AdaBN for a CNN loaded with adapt="adabn"), then predicted.
+    `frame.attrs["cell_crop_fallback"]`: images whose crop fell back; `frame.attrs["crop_paths"]`:
+    the count of each path.
     """
     if adapt:
         return _predict_adapted(predictor, paths, batch_size, limits)
     classes = predictor.classes
     items = collect_inputs(paths, limits)
     probs = np.full((len(items), len(classes)), np.nan, dtype=np.float64)
-    errors = [""] * len(items)
+    errors, crops = [""] * len(items), [""] * len(items)
     pending: list[tuple[int, np.ndarray]] = []
 
     def flush() -> None:
@@ -59,11 +62,20 @@ def predict_files(
         if image is None:
             errors[i] = err
             continue
-        pending.append((i, predictor.prepare(image)))
+        arr, crops[i] = prepare(predictor, image)
+        pending.append((i, arr))
         if len(pending) >= batch_size:
             flush()
     flush()
-    return _prediction_frame(items, probs, errors, classes, predictor.fallbacks)
+    return _prediction_frame(items, probs, errors, classes, crops, getattr(predictor, "crop", None))
+
+
+def prepare(predictor: Predictor, image: Any) -> tuple[np.ndarray, str]:
+    """(model input, crop path taken) of one image; the path is "" for models without a crop."""
+    before = dict(getattr(predictor, "paths", {}))
+    arr = predictor.prepare(image)
+    taken = [p for p, n in getattr(predictor, "paths", {}).items() if n != before.get(p, 0)]
+    return arr, (taken[0] if taken else "")
 
 
 def _predict_adapted(predictor: Predictor, paths: Sequence[str | Path], batch_size: int,
@@ -71,18 +83,19 @@ def _predict_adapted(predictor: Predictor, paths: Sequence[str | Path], batch_si
     """`predict_files` with the model adapted to all the images read (two passes: prepare, predict)."""
     items = collect_inputs(paths, limits)
     probs = np.full((len(items), len(predictor.classes)), np.nan, dtype=np.float64)
-    errors, done, inputs = [""] * len(items), [], []
+    errors, crops, done, inputs = [""] * len(items), [""] * len(items), [], []
     for i, (_item, image, err) in enumerate(tqdm(iter_images(items, limits), total=len(items), desc="read",
                                                  unit="img", disable=None)):
         if image is None:
             errors[i] = err
         else:
             done.append(i)
-            inputs.append(predictor.prepare(image))
+            arr, crops[i] = prepare(predictor, image)
+            inputs.append(arr)
     if inputs:
         x = np.stack(inputs)
         probs[done] = predictor.adapted(x, batch_size=batch_size).predict(x, batch_size=batch_size)
-    return _prediction_frame(items, probs, errors, predictor.classes, predictor.fallbacks)
+    return _prediction_frame(items, probs, errors, predictor.classes, crops, getattr(predictor, "crop", None))
 
 
 def predictions_csv(frame: pd.DataFrame) -> str:
@@ -91,7 +104,7 @@ def predictions_csv(frame: pd.DataFrame) -> str:
 
 
 def _prediction_frame(items: Sequence[InputItem], probs: np.ndarray, errors: list[str], classes: list[str],
-                      fallbacks: int = 0) -> pd.DataFrame:
+                      crops: list[str], spec: Any = None) -> pd.DataFrame:
     ok = np.array([not e for e in errors], dtype=bool)
     best = np.where(ok, np.nan_to_num(probs, nan=-1.0).argmax(axis=1), -1)
     frame = pd.DataFrame({
@@ -101,8 +114,11 @@ def _prediction_frame(items: Sequence[InputItem], probs: np.ndarray, errors: lis
     })
     for j, cls in enumerate(classes):
         frame[f"p_{cls}"] = probs[:, j]
+    frame["crop"] = crops
     frame["error"] = errors
-    frame.attrs["cell_crop_fallback"] = int(fallbacks)
+    counts = {p: crops.count(p) for p in PATHS} if spec is not None else {}
+    frame.attrs["crop_paths"] = counts
+    frame.attrs["cell_crop_fallback"] = sum(n for p, n in counts.items() if p != spec.mode) if spec is not None else 0
     return frame
 
 

@@ -1,8 +1,9 @@
 """Cell-centred square crops: the white cell fills the same fraction of every crop, whatever the lab.
 
 PBC fields are 360 px wide with the cell filling about a third of the side; other labs crop
-tighter or wider. A CNN that learned the PBC scale misreads the others. `crop_square` is the ONE
-function that turns a decoded image into the model's uint8 (3, S, S) input, at packing time
+tighter or wider. A CNN that learned the PBC scale misreads the others. `crop_with_path` is the ONE
+function that turns a decoded image into the model's uint8 (3, S, S) input and names the crop path
+it took (`PATHS`: the mode's own, or a fallback; `crop_square` says whether it fell back), at packing time
 (`wbc.dataset.pack.pack`), at evaluation time (external folders, `wbc.dataset.external`) and in `wbc predict`
 (`wbc.results.predictors.CnnPredictor.prepare`):
 
@@ -36,6 +37,8 @@ from wbc.cells.segment import segment
 
 #: The crop modes (params `split.crop`).
 CROPS = ("centre", "cell", "rbc")
+#: The paths a crop can take (`crop_with_path`): the mode's own, or a fallback (rbc -> cell -> centre).
+PATHS = ("rbc", "cell", "centre")
 #: Default fraction of the crop side the cell spans (params `split.cell_fraction`).
 DEFAULT_FRACTION = 0.6
 #: Default side of an `rbc` crop in red-cell diameters (params `split.rbc_span`): a large monocyte
@@ -103,7 +106,7 @@ def background_colour(rgb: np.ndarray) -> tuple[int, int, int]:
     return tuple(int(v) for v in np.median(edge, axis=0))
 
 
-def _square(rgb: np.ndarray, cx: float, cy: float, side: float) -> np.ndarray:
+def square_around(rgb: np.ndarray, cx: float, cy: float, side: float) -> np.ndarray:
     """The side x side square centred at (cx, cy), padded with the background colour outside."""
     s = max(1, int(round(side)))
     left, top = int(round(cx - s / 2.0)), int(round(cy - s / 2.0))
@@ -115,27 +118,27 @@ def _square(rgb: np.ndarray, cx: float, cy: float, side: float) -> np.ndarray:
     return rgb[top:top + s, left:left + s]
 
 
-def crop_square(img: Image.Image, size: int, spec: CropSpec = CropSpec()) -> tuple[np.ndarray, bool]:
-    """uint8 (3, size, size) model input of a PIL image and whether a cell was found.
+def crop_with_path(img: Image.Image, size: int, spec: CropSpec = CropSpec()) -> tuple[np.ndarray, str]:
+    """uint8 (3, size, size) model input of a PIL image and the crop path it took (`PATHS`).
 
-    `centre` crops always report True (nothing to find). A `cell` crop whose cell is not found falls
-    back to the centre square and reports False; so does an `rbc` crop whose cell is not found, or
-    (falling back to the `cell` crop) whose red cells cannot be measured.
+    The path is the spec's own mode when it worked: `rbc` (centred on the cell, scaled by the red
+    cells), `cell` (centred on the cell, the cell at `fraction` of the side) or `centre`. An `rbc`
+    crop whose red cells cannot be measured takes the `cell` path, and a `cell` or `rbc` crop whose
+    cell is not found the `centre` path: those are the fallbacks every evaluation counts.
     """
     img = img.convert("RGB")
-    found = True
+    path = "centre"
     if spec.mode in ("cell", "rbc"):
         rgb = np.asarray(img)
         box = cell_box(rgb)
-        found = box is not None
-        if found:
+        if box is not None:
             cx, cy, side = box
-            crop_side = side / float(spec.fraction)
+            crop_side, path = side / float(spec.fraction), "cell"
             if spec.mode == "rbc":
                 diameter = red_cell_diameter(rgb, exclude=box)
-                found = diameter is not None
-                crop_side = spec.span * diameter if found else crop_side
-            square = _square(rgb, cx, cy, crop_side)
+                if diameter is not None:
+                    crop_side, path = spec.span * diameter, "rbc"
+            square = square_around(rgb, cx, cy, crop_side)
             img = Image.fromarray(np.ascontiguousarray(square))
     w, h = img.size
     side = min(w, h)
@@ -143,4 +146,25 @@ def crop_square(img: Image.Image, size: int, spec: CropSpec = CropSpec()) -> tup
     img = img.crop((left, top, left + side, top + side))
     if side != size:
         img = img.resize((size, size), Image.Resampling.BICUBIC)
-    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)), found
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)), path
+
+
+def crop_square(img: Image.Image, size: int, spec: CropSpec = CropSpec()) -> tuple[np.ndarray, bool]:
+    """uint8 (3, size, size) model input of a PIL image and whether the spec's own crop worked.
+
+    `centre` crops always report True (nothing to find); a `cell` or `rbc` crop that fell back
+    (`crop_with_path`) reports False.
+    """
+    arr, path = crop_with_path(img, size, spec)
+    return arr, path == spec.mode
+
+
+def path_counts(paths: "list[str] | tuple[str, ...]") -> dict[str, int]:
+    """{path: count} over `PATHS` (every path listed, zeros included)."""
+    return {p: sum(1 for q in paths if q == p) for p in PATHS}
+
+
+def fallback_rate(counts: dict[str, int], mode: str) -> float:
+    """The fraction of inputs whose crop did not take the spec's own `mode` path (0 for `centre`)."""
+    total = sum(int(v) for v in counts.values())
+    return 0.0 if total == 0 else 1.0 - int(counts.get(mode, 0)) / total

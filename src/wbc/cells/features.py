@@ -21,14 +21,15 @@ image could not be read or decoded (`extract_rows`).
 
 `extract_rows` runs over manifest rows of an image store in forked worker processes (chunks of rows;
 each worker reads the store itself), in row order. `save_features` / `load_features` keep one set
-in one .npz file (arrays only, loaded with allow_pickle=False).
+in one .npz file (arrays only, loaded with allow_pickle=False), named by `set_file`. The batch and
+file code also serve another kind of features (`extractor`, `names`: `wbc.cells.invariant`).
 """
 from __future__ import annotations
 
 import multiprocessing as mp
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -163,16 +164,19 @@ def extract_bytes(data: bytes) -> tuple[np.ndarray, str]:
 
 # ----------------------------------------------------------------------------- many images
 
-#: The current job: (the store, int64 (n, 3) shard/offset/length). Set before forking, so the workers
-#: inherit it (each maps the shards it reads on first use); cleared after the call.
-_JOB: tuple[ImageStore, np.ndarray] | None = None
+#: Bytes of one encoded image -> (feature vector, status): `extract_bytes`, or another feature kind's.
+Extractor = Callable[[bytes], tuple[np.ndarray, str]]
+#: The current job: (the store, int64 (n, 3) shard/offset/length, the extractor, features per row). Set
+#: before forking, so the workers inherit it (each maps the shards it reads on first use; the extractor
+#: need not pickle); cleared after the call.
+_JOB: tuple[ImageStore, np.ndarray, Extractor, int] | None = None
 
 
 def _chunk(bounds: tuple[int, int]) -> tuple[int, np.ndarray, list[str]]:
     """Features of rows [start, stop) of the current job (runs in a worker, or in this process)."""
-    store, index = _JOB
+    store, index, extractor, n_features = _JOB
     start, stop = bounds
-    x = np.empty((stop - start, N_FEATURES), np.float32)
+    x = np.empty((stop - start, n_features), np.float32)
     status = []
     for i, (shard, offset, length) in enumerate(index[start:stop]):
         try:
@@ -180,7 +184,7 @@ def _chunk(bounds: tuple[int, int]) -> tuple[int, np.ndarray, list[str]]:
         except WbcError:
             x[i], s = np.nan, UNREADABLE
         else:
-            feats, s = extract_bytes(data)
+            feats, s = extractor(data)
             x[i] = feats
         status.append(s)
     return start, x, status
@@ -206,13 +210,15 @@ def _run(tasks: list[tuple[int, int]], nw: int) -> Iterator[tuple[int, np.ndarra
         cv2.setNumThreads(threads)
 
 
-def extract_rows(rows: pd.DataFrame, store_root: str | Path, workers: int = 0, progress: bool = True,
+def extract_rows(rows: pd.DataFrame, store_root: str | Path, workers: int = 0, progress: bool = True, *,
+                 extractor: Extractor = extract_bytes, n_features: int = N_FEATURES, desc: str = "features",
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Features of manifest rows (columns shard, offset, length) read from the image store at `store_root`.
 
     Returns (X float32 (n, 51), status str array (n,)) in row order. `workers`: processes (0 = all
     cores); chunks of CHUNK rows go to forked workers that read and decode the images themselves.
-    Unreadable images get NaN features and status "unreadable".
+    Unreadable images get NaN features and status "unreadable". `extractor` (with `n_features`
+    features per image) computes another kind of features over the same machinery.
     """
     global _JOB
     missing = {"shard", "offset", "length"} - set(rows.columns)
@@ -220,13 +226,14 @@ def extract_rows(rows: pd.DataFrame, store_root: str | Path, workers: int = 0, p
         raise WbcError(f"extract_rows: manifest rows lack the column(s) {sorted(missing)}")
     index = rows[["shard", "offset", "length"]].to_numpy(dtype=np.int64)
     n = len(index)
-    x = np.full((n, N_FEATURES), np.nan, np.float32)
+    x = np.full((n, n_features), np.nan, np.float32)
     status = np.full(n, UNREADABLE, dtype=object)
     nw = max(1, min(n_workers(workers), n))
     tasks = _chunks(n, nw)
-    _JOB = (ImageStore(store_root), index)  # a missing store is an error here, not n unreadable rows
+    # a missing store is an error here, not n unreadable rows
+    _JOB = (ImageStore(store_root), index, extractor, n_features)
     try:
-        with tqdm(total=n, desc="features", unit="img", disable=None if progress else True) as bar:
+        with tqdm(total=n, desc=desc, unit="img", disable=None if progress else True) as bar:
             for start, part, stat in _run(tasks, nw):
                 x[start:start + len(part)] = part
                 status[start:start + len(part)] = stat
@@ -244,7 +251,7 @@ class FeatureSet:
     """One set's features as saved by `save_features`; fields also readable as `fs["X"]` (and
     `fs["y"]` for `labels`)."""
 
-    X: np.ndarray            # float32 (n, 51)
+    X: np.ndarray            # float32 (n, features): 51 here, another kind's count (`names`)
     status: np.ndarray       # str (n,)
     ids: np.ndarray          # str (n,)
     labels: np.ndarray       # (n,) class names (str) or label indices (int), as saved
@@ -265,32 +272,40 @@ def _labels_array(labels) -> np.ndarray:
     return a if a.dtype.kind in "iuU" else a.astype(str)
 
 
-def save_features(path: str | Path, X: np.ndarray, status, ids, labels) -> Path:
+def set_file(features_dir: str | Path, set_name: str, kind: str = "") -> Path:
+    """The cache file of one set: `<set>.npz` (these features) or `<set>.<kind>.npz` (another kind)."""
+    return Path(features_dir) / (f"{set_name}.{kind}.npz" if kind else f"{set_name}.npz")
+
+
+def save_features(path: str | Path, X: np.ndarray, status, ids, labels,
+                  names: tuple[str, ...] = FEATURE_NAMES) -> Path:
     """Write one set to a single .npz: X float32 (n, 51), status and ids (str), labels (str class names
-    or int indices, kept as given), feature_names. Arrays only: read back without pickle."""
+    or int indices, kept as given), feature_names. Arrays only: read back without pickle.
+    `names`: the columns of another feature kind."""
     X = np.asarray(X, np.float32)
     arrays = {"status": np.asarray(status, str), "ids": np.asarray(ids, str), "labels": _labels_array(labels)}
-    if X.ndim != 2 or X.shape[1] != N_FEATURES or any(a.shape != (len(X),) for a in arrays.values()):
-        raise ValueError(f"save_features: X must be (n, {N_FEATURES}) and status/ids/labels (n,); got {X.shape}, "
+    if X.ndim != 2 or X.shape[1] != len(names) or any(a.shape != (len(X),) for a in arrays.values()):
+        raise ValueError(f"save_features: X must be (n, {len(names)}) and status/ids/labels (n,); got {X.shape}, "
                          + ", ".join(f"{k} {a.shape}" for k, a in arrays.items()))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as fh:  # a file object: numpy would otherwise append .npz to the name
-        np.savez_compressed(fh, X=X, feature_names=np.array(FEATURE_NAMES), **arrays)
+        np.savez_compressed(fh, X=X, feature_names=np.array(names), **arrays)
     return path
 
 
-def load_features(path: str | Path) -> FeatureSet:
-    """Read a file written by `save_features` (no pickle); raises WbcError when it is not one or is stale."""
+def load_features(path: str | Path, names: tuple[str, ...] = FEATURE_NAMES) -> FeatureSet:
+    """Read a file written by `save_features` (no pickle); raises WbcError when it is not one or is stale
+    (its feature names are not `names`)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in ("X", "status", "ids", "labels", "feature_names")}
     except (OSError, ValueError, KeyError, EOFError) as exc:
         raise WbcError(f"{path}: not a feature file ({exc})") from exc
-    names = tuple(str(n) for n in data["feature_names"])
-    if names != FEATURE_NAMES:
-        raise WbcError(f"{path}: feature names differ from this version's ({len(names)} vs {N_FEATURES}); re-extract")
+    saved = tuple(str(n) for n in data["feature_names"])
+    if saved != tuple(names):
+        raise WbcError(f"{path}: feature names differ from this version's ({len(saved)} vs {len(names)}); re-extract")
     X = data["X"]
     if X.dtype != np.float32 or X.ndim != 2 or any(data[k].shape != (len(X),) for k in ("status", "ids", "labels")):
         raise WbcError(f"{path}: inconsistent feature arrays")
-    return FeatureSet(X, data["status"], data["ids"], data["labels"], names)
+    return FeatureSet(X, data["status"], data["ids"], data["labels"], tuple(names))

@@ -41,6 +41,7 @@ class ExternalSet:
     x: np.ndarray
     y: np.ndarray
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
+    paths: dict[str, int] = field(default_factory=dict)    # crop path -> count (CNN inputs, wbc.cells.cellcrop)
 
 
 def parse_specs(section: Mapping[str, Any] | None, root: str | Path | None = None) -> dict[str, dict[str, Any]]:
@@ -56,6 +57,8 @@ def parse_specs(section: Mapping[str, Any] | None, root: str | Path | None = Non
             raise ConfigError(f"evaluate.external.{name}: needs a `path` (folder or zip of class folders)")
         if name in ("train", "val", "test"):
             raise ConfigError(f"evaluate.external.{name}: the name clashes with a packed set")
+        if str(name).startswith("stress_"):
+            raise ConfigError(f"evaluate.external.{name}: names starting with stress_ are the stress sets' (stage stress)")
         path = Path(spec["path"])
         if root is not None:
             path = Path(root) / path

@@ -21,7 +21,7 @@ from wbc.cells.cellcrop import DEFAULT_SPAN, CropSpec
 from wbc.core.errors import WbcError
 from wbc.dataset.assign import DEFAULT_FRACTION, assign_splits, load_kept, profile_split_defaults
 from wbc.dataset.audit import audit_leakage, summarize_audit
-from wbc.dataset.pack import pack
+from wbc.dataset.pack import VIEW_SEED, pack
 from wbc.dataset.summary import summarize, write_reports
 
 # --------------------------------------------------------------------------------------------
@@ -48,11 +48,14 @@ def run_split(
     crop: str = "centre",
     cell_fraction: float = 0.6,
     rbc_span: float = DEFAULT_SPAN,
+    lab_views: bool = False,
 ) -> dict[str, Any]:
     """Split, audit, pack and report; returns the summary (also written to summary.json).
 
     `val`/`test` None -> the profile's defaults (`wbc.data.sources.profile_split`). `crop`/`cell_fraction`/
     `rbc_span`: `wbc.cells.cellcrop` (the summary's `crop` counts the images whose crop fell back, per set).
+    `lab_views`: also pack a view of every train image as another lab might hand it over
+    (`wbc.dataset.pack`, seeded by `seed`; the summary's `crop.view_paths` counts their crop paths).
     """
     spec = CropSpec(crop, cell_fraction, rbc_span)
     defaults = profile_split_defaults(profile) if val is None or test is None else {}
@@ -66,10 +69,13 @@ def run_split(
     splits_csv = Path(splits_csv)
     splits_csv.parent.mkdir(parents=True, exist_ok=True)
     assignment.frame.to_csv(splits_csv, index=False, lineterminator="\n")
-    meta = pack(assignment, kept, store_root, packed_dir, image_size, workers=workers, crop=spec)
+    meta = pack(assignment, kept, store_root, packed_dir, image_size, workers=workers, crop=spec,
+                view_seed=VIEW_SEED + int(seed) if lab_views else None)
     summary = summarize(assignment, len(kept), summarize_audit(pairs))
     summary["image_size"] = int(image_size)
-    summary["crop"] = {**spec.to_dict(), "fallback": meta["cell_fallback"]}
+    summary["crop"] = {**spec.to_dict(), "fallback": meta["cell_fallback"],
+                       **({"paths": meta["crop_paths"]} if "crop_paths" in meta else {}),
+                       **({"view_paths": meta["view_crop_paths"]} if lab_views else {})}
     write_reports(summary, assignment, kept, store_root, reports_dir, seed=seed)
     return summary
 

@@ -6,7 +6,9 @@ the headline model in `train_headline@<seed>`); this module is what such an inst
 - a torchvision CNN (`wbc.learn.models.MODEL_NAMES`) is trained by `wbc.learn.train.train_model` on the packed
   tensors with the params `train` section, its seed replaced by the run's;
 - `tavakoli_svm` (`wbc.learn.tavakoli`) is fitted on the cached train features (`wbc.cells.features`), with
-  the run's seed; its validation scores are logged like a CNN's (`<log_dir>/metrics.json`).
+  the run's seed; its validation scores are logged like a CNN's (`<log_dir>/metrics.json`);
+- `invariant_svm` (`wbc.learn.tavakoli.InvariantSVM`) likewise, on the cached invariant features
+  (`wbc.cells.invariant`, `<set>.invariant.npz`).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from sklearn.metrics import f1_score
 
 from wbc.learn import tavakoli
 from wbc.core.errors import ConfigError
-from wbc.cells.features import load_features
+from wbc.cells.features import load_features, set_file
 from wbc.learn.zoo import FEATURE_MODELS, check_name
 
 
@@ -40,11 +42,15 @@ def train_run(model: str, seed: int, *, packed_dir: str | Path, features_dir: st
 
 
 def _fit_features(model: str, seed: int, features_dir: Path, out: Path, log_dir: str | Path | None) -> str:
-    """Fit the feature-based classifier on the train features, score it on val, save it."""
-    train = load_features(features_dir / "train.npz")
-    clf = tavakoli.TavakoliSVM.fit(train["X"], train["y"], seed=seed, status=train["status"])
-    val_path = features_dir / "val.npz"
-    scores = _val_scores(clf, load_features(val_path)) if val_path.is_file() else {}
+    """Fit the feature-based classifier on its train features, score it on val, save it."""
+    cls = tavakoli.MODELS[model]
+    train_path = set_file(features_dir, "train", cls.FEATURE_KIND)
+    if not train_path.is_file():
+        raise ConfigError(f"{model}: no train features {train_path} (run the features stage)")
+    train = load_features(train_path, names=cls.FEATURE_NAMES)
+    clf = cls.fit(train["X"], train["y"], seed=seed, status=train["status"])
+    val_path = set_file(features_dir, "val", cls.FEATURE_KIND)
+    scores = _val_scores(clf, load_features(val_path, names=cls.FEATURE_NAMES)) if val_path.is_file() else {}
     clf.save(out)
     if log_dir is not None:
         Path(log_dir).mkdir(parents=True, exist_ok=True)

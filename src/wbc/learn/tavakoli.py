@@ -17,6 +17,14 @@ Pipeline (the paper's, plus what it leaves open):
    `SVC(probability=True)`, deprecated in scikit-learn 1.9 (to be removed in 1.11). Probabilities
    are computed here from the stored arrays, so a loaded model gives bit-identical results.
 
+A second configuration of the same machinery, `InvariantSVM` (`invariant_svm`), is fitted on the
+stain-invariant, scale-free features of `wbc.cells.invariant` (cached as `<set>.invariant.npz`):
+standardisation (StandardScaler) instead of min-max scaling, which extrapolates badly on another
+lab's cells, and an RBF kernel (`INVARIANT_C`, gamma "scale"); imputation, class weights,
+calibration and files as above. Each class names its features (`FEATURE_NAMES`, `FEATURE_KIND`: the
+cache file, `extract`: one image's features), so a model file says which features it needs, and
+`load_model` reads a file of either class.
+
 Saving (`save` / `load`): ONE .npz file, arrays only (read with allow_pickle=False, so no pickle
 can run), plus a JSON text array with the parameters and metadata (classes, feature names, seed,
 training counts per class and per degenerate status). The fitted sklearn estimators are rebuilt from
@@ -36,12 +44,13 @@ import sklearn
 from scipy.special import expit
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.model_selection import StratifiedKFold
-from sklearn.preprocessing import MinMaxScaler
+from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from sklearn.svm import SVC
 
 from wbc import LABELS
 from wbc.core.errors import WbcError
-from wbc.cells.features import FEATURE_NAMES
+from wbc.cells import invariant
+from wbc.cells import features
 
 MODEL_NAME = "tavakoli_svm"
 FORMAT, FORMAT_VERSION = "wbc-tavakoli-svm", 1
@@ -50,18 +59,40 @@ C, DEGREE, KERNEL, CLASS_WEIGHT = 6.0, 3, "poly", "balanced"
 CALIBRATION_FOLDS = 5
 #: The only estimator types a model file may name (file key -> class).
 TRUSTED = {"scaler": MinMaxScaler, "svc": SVC}
+#: `invariant_svm`: standardised invariant features, RBF SVC (chosen on PBC validation and degraded copies).
+INVARIANT_NAME, INVARIANT_FORMAT = "invariant_svm", "wbc-invariant-svm"
+INVARIANT_C, INVARIANT_KERNEL = 3.0, "rbf"
 _NUMERIC_KINDS = "biuf"
 
 
 class ModelFileError(WbcError):
-    """A model file that is not a valid, trusted Tavakoli SVM file."""
+    """A model file that is not a valid, trusted feature-SVM file."""
 
 
 class TavakoliSVM:
     """Min-max scaling + polynomial SVC (C = 6, degree 3, balanced) with Platt-calibrated probabilities.
 
     Made by `TavakoliSVM.fit(...)` or `TavakoliSVM.load(path)`; `TavakoliSVM(classes)` is an unfitted shell.
+    The class attributes below are its configuration; `InvariantSVM` overrides them.
     """
+
+    MODEL_NAME, FORMAT, FORMAT_VERSION = MODEL_NAME, FORMAT, FORMAT_VERSION
+    #: The features: their names and cache-file kind ("" = `<set>.npz`, `wbc.cells.features.set_file`).
+    FEATURE_NAMES: tuple[str, ...] = features.FEATURE_NAMES
+    FEATURE_KIND = ""
+    TRUSTED: dict[str, type] = TRUSTED
+    SVC_PARAMS: dict[str, Any] = {"kernel": KERNEL, "degree": DEGREE, "C": C, "class_weight": CLASS_WEIGHT}
+    #: Saved as the file's "params" (what the model is, for a reader of the file).
+    PARAMS: dict[str, Any] = {"C": C, "degree": DEGREE, "kernel": KERNEL, "class_weight": CLASS_WEIGHT,
+                              "calibration": "sigmoid", "calibration_folds": CALIBRATION_FOLDS,
+                              "imputation": "train median"}
+    #: Extra metadata of the file (none for the Tavakoli SVM, whose files stay as they were).
+    EXTRA_META: dict[str, Any] = {}
+
+    @staticmethod
+    def extract(rgb: np.ndarray) -> tuple[np.ndarray, str]:
+        """(feature vector, status) of one RGB image: the features this model is fitted on."""
+        return features.extract(rgb)
 
     def __init__(self, classes: Sequence[str] = LABELS):
         self.classes = tuple(classes)
@@ -97,7 +128,7 @@ class TavakoliSVM:
         the rows) is only counted and stored. Raises WbcError for fewer than two classes with 2+ rows.
         """
         model = cls(classes)
-        X = _features(X)
+        X = _features(X, cls.FEATURE_NAMES)
         y_idx = model._encode(y)
         if len(y_idx) != len(X):
             raise WbcError(f"{len(X)} feature rows but {len(y_idx)} labels")
@@ -106,10 +137,10 @@ class TavakoliSVM:
         if len(present) < 2 or present.min() < 2:
             raise WbcError(f"training needs two or more classes with at least 2 images each; counts {counts.tolist()}")
         model.medians = train_medians(X)
-        model.scaler = MinMaxScaler().fit(impute(X, model.medians))
+        model.scaler = cls.TRUSTED["scaler"]().fit(impute(X, model.medians))
         xs = model.scaler.transform(impute(X, model.medians))
         folds = StratifiedKFold(min(CALIBRATION_FOLDS, int(present.min())), shuffle=True, random_state=seed)
-        svc = SVC(kernel=KERNEL, degree=DEGREE, C=C, class_weight=CLASS_WEIGHT, random_state=seed)
+        svc = SVC(**cls.SVC_PARAMS, random_state=seed)
         calibrated = CalibratedClassifierCV(svc, method="sigmoid", cv=folds, ensemble=False).fit(xs, y_idx)
         fitted = calibrated.calibrated_classifiers_[0]
         model.svc = fitted.estimator
@@ -127,12 +158,12 @@ class TavakoliSVM:
 
     def _check_fitted(self) -> None:
         if self.svc is None:
-            raise WbcError("the Tavakoli SVM is not fitted")
+            raise WbcError(f"the {self.MODEL_NAME} model is not fitted")
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         """One-vs-rest SVC decision values (n, classes present in training), or (n, 1) with two classes."""
         self._check_fitted()
-        X = _features(X)
+        X = _features(X, self.FEATURE_NAMES)
         if not len(X):
             return np.zeros((0, len(self.calib_a)))
         d = self.svc.decision_function(self.scaler.transform(impute(X, self.medians)))
@@ -167,11 +198,10 @@ class TavakoliSVM:
         for key, est in (("scaler", self.scaler), ("svc", self.svc)):
             est_arrays, scalars[key] = _split_state(est)
             arrays.update({f"{key}.{name}": a for name, a in est_arrays.items()})
-        meta = {"format": FORMAT, "version": FORMAT_VERSION, "model_name": MODEL_NAME, "classes": list(self.classes),
-                "feature_names": list(FEATURE_NAMES), "estimators": {k: _type_name(v) for k, v in TRUSTED.items()},
-                "params": {"C": C, "degree": DEGREE, "kernel": KERNEL, "class_weight": CLASS_WEIGHT,
-                           "calibration": "sigmoid", "calibration_folds": CALIBRATION_FOLDS, "imputation": "train median"},
-                **self.info, "state": scalars}
+        meta = {"format": self.FORMAT, "version": self.FORMAT_VERSION, "model_name": self.MODEL_NAME,
+                "classes": list(self.classes), "feature_names": list(self.FEATURE_NAMES),
+                "estimators": {k: _type_name(v) for k, v in self.TRUSTED.items()}, "params": dict(self.PARAMS),
+                **self.EXTRA_META, **self.info, "state": scalars}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as fh:
@@ -181,10 +211,10 @@ class TavakoliSVM:
     @classmethod
     def load(cls, path: str | Path) -> TavakoliSVM:
         """Read a file written by `save`; raises ModelFileError for anything else (no code is run)."""
-        arrays, meta = _read_npz(path)
+        arrays, meta = _read_npz(path, cls)
         model = cls(meta["classes"])
         model.medians, model.calib_a, model.calib_b = arrays["medians"], arrays["calib_a"], arrays["calib_b"]
-        for key, est_cls in TRUSTED.items():
+        for key, est_cls in cls.TRUSTED.items():
             state = {name.split(".", 1)[1]: a for name, a in arrays.items() if name.startswith(key + ".")}
             state.update({k: _decode_scalar(v, path) for k, v in meta["state"].get(key, {}).items()})
             setattr(model, key, _rebuild(est_cls, state, path))
@@ -193,13 +223,37 @@ class TavakoliSVM:
         return model
 
 
+class InvariantSVM(TavakoliSVM):
+    """`invariant_svm`: standardisation + RBF SVC (C = INVARIANT_C, balanced) with Platt-calibrated
+    probabilities, on the stain-invariant, scale-free features of `wbc.cells.invariant`."""
+
+    MODEL_NAME, FORMAT, FORMAT_VERSION = INVARIANT_NAME, INVARIANT_FORMAT, 1
+    FEATURE_NAMES = invariant.FEATURE_NAMES
+    FEATURE_KIND = invariant.KIND
+    TRUSTED = {"scaler": StandardScaler, "svc": SVC}
+    SVC_PARAMS = {"kernel": INVARIANT_KERNEL, "C": INVARIANT_C, "gamma": "scale", "class_weight": CLASS_WEIGHT}
+    PARAMS = {"C": INVARIANT_C, "kernel": INVARIANT_KERNEL, "gamma": "scale", "class_weight": CLASS_WEIGHT,
+              "scaling": "standard", "calibration": "sigmoid", "calibration_folds": CALIBRATION_FOLDS,
+              "imputation": "train median"}
+    EXTRA_META = {"feature_kind": invariant.KIND}
+
+    @staticmethod
+    def extract(rgb: np.ndarray) -> tuple[np.ndarray, str]:
+        """(invariant feature vector, status) of one RGB image (`wbc.cells.invariant.extract`)."""
+        return invariant.extract(rgb)
+
+
+#: Every feature-SVM class by the model name its files carry.
+MODELS: dict[str, type[TavakoliSVM]] = {m.MODEL_NAME: m for m in (TavakoliSVM, InvariantSVM)}
+
+
 # ---------------------------------------------------------------------- preprocessing
 
 
-def _features(X: np.ndarray) -> np.ndarray:
+def _features(X: np.ndarray, names: Sequence[str]) -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2 or X.shape[1] != len(FEATURE_NAMES):
-        raise WbcError(f"expected features of shape (n, {len(FEATURE_NAMES)}), got {X.shape}")
+    if X.ndim != 2 or X.shape[1] != len(names):
+        raise WbcError(f"expected features of shape (n, {len(names)}), got {X.shape}")
     return X
 
 
@@ -269,8 +323,8 @@ def _decode_scalar(enc: Any, path: str | Path) -> Any:
     raise ModelFileError(f"{path}: refused attribute value {str(enc)[:80]}")
 
 
-def _read_npz(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Arrays (numeric only) and the JSON metadata of a model file, checked against FORMAT and TRUSTED."""
+def _read_raw(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Arrays and the JSON metadata (a dict) of a model file, unchecked; ModelFileError when unreadable."""
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -284,17 +338,29 @@ def _read_npz(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         meta = json.loads(str(arrays.pop("meta")))
     except json.JSONDecodeError as exc:
         raise ModelFileError(f"{path}: unreadable metadata ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("model_name") != MODEL_NAME:
-        raise ModelFileError(f"{path}: not a {FORMAT} file")
-    if meta.get("version") != FORMAT_VERSION:
-        raise ModelFileError(f"{path}: format version {meta.get('version')} (this code reads {FORMAT_VERSION})")
-    expected = {k: _type_name(v) for k, v in TRUSTED.items()}
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{path}: not a feature-SVM file (metadata is not a mapping)")
+    return arrays, meta
+
+
+def _read_npz(path: str | Path, cls: type[TavakoliSVM]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Arrays (numeric only) and the JSON metadata of a model file, checked against the class's FORMAT,
+    TRUSTED types and features."""
+    arrays, meta = _read_raw(path)
+    fmt, trusted, names = cls.FORMAT, cls.TRUSTED, cls.FEATURE_NAMES
+    if meta.get("format") != fmt or meta.get("model_name") != cls.MODEL_NAME:
+        raise ModelFileError(f"{path}: not a {fmt} file")
+    if meta.get("version") != cls.FORMAT_VERSION:
+        raise ModelFileError(f"{path}: format version {meta.get('version')} (this code reads {cls.FORMAT_VERSION})")
+    if meta.get("feature_kind", "") != cls.FEATURE_KIND:
+        raise ModelFileError(f"{path}: needs the {meta.get('feature_kind')!r} features, not {cls.FEATURE_KIND!r}")
+    expected = {k: _type_name(v) for k, v in trusted.items()}
     if meta.get("estimators") != expected:
         raise ModelFileError(f"{path}: refused estimator types {meta.get('estimators')} (trusted: {expected})")
-    if not isinstance(meta.get("state"), dict) or set(meta["state"]) - set(TRUSTED):
-        raise ModelFileError(f"{path}: refused state for {sorted(set(meta.get('state') or {}) - set(TRUSTED))}")
-    if meta.get("feature_names") != list(FEATURE_NAMES):
-        raise ModelFileError(f"{path}: trained on other features than this version's {len(FEATURE_NAMES)}")
+    if not isinstance(meta.get("state"), dict) or set(meta["state"]) - set(trusted):
+        raise ModelFileError(f"{path}: refused state for {sorted(set(meta.get('state') or {}) - set(trusted))}")
+    if meta.get("feature_names") != list(names):
+        raise ModelFileError(f"{path}: trained on other features than this version's {len(names)}")
     bad = [k for k, a in arrays.items() if a.dtype.kind not in _NUMERIC_KINDS]
     if bad:
         raise ModelFileError(f"{path}: refused non-numeric arrays {bad}")
@@ -317,7 +383,7 @@ def _rebuild(est_cls: type, state: dict[str, Any], path: str | Path) -> Any:
 
 def _check_consistent(model: TavakoliSVM, path: str | Path) -> None:
     """Shapes and dtypes libsvm relies on (a crafted file must not reach it inconsistent)."""
-    svc, nf = model.svc, len(FEATURE_NAMES)
+    svc, nf = model.svc, len(model.FEATURE_NAMES)
     try:
         k, sv = len(svc.classes_), svc.support_vectors_
         n_sv = np.asarray(svc._n_support)
@@ -325,7 +391,7 @@ def _check_consistent(model: TavakoliSVM, path: str | Path) -> None:
               and n_sv.shape == (k,) and int(n_sv.sum()) == len(sv) and (n_sv >= 0).all()
               and svc._dual_coef_.shape == (k - 1, len(sv)) and svc._dual_coef_.dtype == np.float64
               and svc._intercept_.shape == (k * (k - 1) // 2,) and svc._intercept_.dtype == np.float64
-              and svc.n_features_in_ == nf and svc.kernel == KERNEL
+              and svc.n_features_in_ == nf and svc.kernel == model.SVC_PARAMS["kernel"]
               and model.scaler.scale_.shape == (nf,) and model.medians.shape == (nf,)
               and model.calib_a.shape == model.calib_b.shape == ((1,) if k == 2 else (k,))
               and 2 <= k <= len(model.classes) and ((svc.classes_ >= 0) & (svc.classes_ < len(model.classes))).all())
@@ -338,3 +404,12 @@ def _check_consistent(model: TavakoliSVM, path: str | Path) -> None:
 def load(path: str | Path) -> TavakoliSVM:
     """`TavakoliSVM.load`: a model file written by `TavakoliSVM.save` (refuses anything else)."""
     return TavakoliSVM.load(path)
+
+
+def load_model(path: str | Path) -> TavakoliSVM:
+    """A model file of any feature-SVM class (`MODELS`, told apart by the file's model name)."""
+    _arrays, meta = _read_raw(path)
+    cls = MODELS.get(str(meta.get("model_name")))
+    if cls is None:
+        raise ModelFileError(f"{path}: unknown feature model {meta.get('model_name')!r}; known: {sorted(MODELS)}")
+    return cls.load(path)

@@ -69,6 +69,7 @@ class TrainConfig:
     stain_augment: bool = False     # wbc.learn.augment: stain/colour/blur/JPEG/rot90, zoom widened to WIDE_SCALE
     stain_strength: float = 1.0     # multiplier of stain_augment's colour ranges (2: strong)
     norm: str = "batch"             # batch | group (GroupNorm in place of BatchNorm, wbc.learn.models)
+    lab_view_prob: float = 0.0      # each train image replaced by its lab view with this probability (wbc.learn.packed)
     scale_min: float = 0.9
     scale_max: float = 1.1
     workers: int = 0
@@ -95,6 +96,8 @@ class TrainConfig:
         kernels.check_level(self.cpu_kernels)
         if not 0 < float(self.stain_strength) <= 4:
             raise ConfigError(f"train.stain_strength must be in (0, 4]; got {self.stain_strength!r}")
+        if not 0.0 <= float(self.lab_view_prob) <= 1.0:
+            raise ConfigError(f"train.lab_view_prob must be in [0, 1]; got {self.lab_view_prob!r}")
         if not 0 < float(self.scale_min) <= float(self.scale_max):
             raise ConfigError("train.scale_min/scale_max must satisfy 0 < scale_min <= scale_max")
 
@@ -243,7 +246,7 @@ def train_model(model_name: str, packed_dir: str | Path, cfg: TrainConfig, out: 
     """Train `model_name` on `<packed_dir>` train, select on val, save the best checkpoint to `out`."""
     check_model_name(model_name)
     meta = read_meta(packed_dir)
-    train_set = PackedSet(packed_dir, "train")
+    train_set = PackedSet(packed_dir, "train", views=float(cfg.lab_view_prob) > 0)
     val_set = PackedSet(packed_dir, "val")
     image_size = int(meta["image_size"])
     if train_set.image_size != image_size:
@@ -279,7 +282,7 @@ def _train(model_name: str, cfg: TrainConfig, out: str | Path, log_dir: str | Pa
                                pin_memory=pin,
                                transform=partial(stain_augment, strength=float(cfg.stain_strength))
                                if cfg.stain_augment else None,
-                               transform_seed=cfg.seed + 2)
+                               transform_seed=cfg.seed + 2, view_prob=float(cfg.lab_view_prob))
     val_loader = make_loader(val_set, max(64, cfg.batch_size), workers=cfg.workers, pin_memory=pin)
 
     live = _open_live(distributed.main_only(ddp, log_dir))

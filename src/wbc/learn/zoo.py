@@ -2,7 +2,8 @@
 
 - CNNs: the torchvision names of `wbc.learn.models.MODEL_NAMES`;
 - feature-based: `tavakoli_svm` (`wbc.learn.tavakoli`: nucleus segmentation, convex hull, 51 shape and
-  colour features, polynomial SVM).
+  colour features, polynomial SVM) and `invariant_svm` (the same segmentation, the stain-invariant,
+  scale-free features of `wbc.cells.invariant`, RBF SVM).
 The table = the headline `model` (first row) and the `compare` models, each trained once per seed;
 a run is named `<model>-<seed>` (`headline-<seed>` for the headline), as dvc.yaml names its files.
 """
@@ -14,7 +15,7 @@ from wbc.core.errors import ConfigError
 from wbc.learn.models import MODEL_NAMES
 
 #: Models fitted on hand-crafted features instead of pixels.
-FEATURE_MODELS: tuple[str, ...] = ("tavakoli_svm",)
+FEATURE_MODELS: tuple[str, ...] = ("tavakoli_svm", "invariant_svm")
 #: Every model name of the result table.
 ALL_MODELS: tuple[str, ...] = (*MODEL_NAMES, *FEATURE_MODELS)
 

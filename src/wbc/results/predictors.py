@@ -2,7 +2,7 @@
 
 Two model kinds share the pipeline:
 - the torchvision CNNs (`wbc.learn.models`): a torch checkpoint, fed uint8 (3, S, S) arrays (the packed
-  tensors, or an image cropped and resized with `wbc.cells.cellcrop.crop_square` as the checkpoint was
+  tensors, or an image cropped and resized with `wbc.cells.cellcrop.crop_with_path` as the checkpoint was
   trained: its params' `crop` and `cell_fraction`); optionally colour-standardised (`stain_norm`,
   `wbc.cells.stainnorm.reinhard` to the training set's Lab target), BatchNorm-adapted to a set of
   images (`adapted`, AdaBN, `wbc.learn.adapt`) and optionally averaged over the 8 rotations and
@@ -33,7 +33,7 @@ from wbc.cells import features as feats
 from wbc.learn import tavakoli
 from wbc.learn.adapt import ADAPTS, adabn
 from wbc.learn.models import load_checkpoint
-from wbc.cells.cellcrop import CropSpec, crop_square
+from wbc.cells.cellcrop import PATHS, CropSpec, crop_with_path
 from wbc.core.errors import ConfigError, WbcError
 from wbc.cells.stainnorm import STAIN_NORMS, reinhard
 from wbc.learn.packed import normalise, read_meta
@@ -123,7 +123,8 @@ class CnnPredictor:
     adapt: str = "none"
     tta: bool = False
     kind: str = field(default="cnn", init=False)
-    fallbacks: int = field(default=0, init=False)  # images `prepare` found no cell in (centre crop used)
+    fallbacks: int = field(default=0, init=False)  # images whose crop fell back (`paths` other than the crop's own)
+    paths: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PATHS, 0), init=False)  # crop path counts
 
     def __post_init__(self) -> None:
         if self.stain_norm not in STAIN_NORMS:
@@ -157,8 +158,9 @@ class CnnPredictor:
 
     def prepare(self, img: Image.Image) -> np.ndarray:
         """uint8 (3, S, S): the image cropped (`wbc.cells.cellcrop`) and resized as at training time."""
-        arr, found = crop_square(img, int(self.meta["image_size"]), self.crop)
-        self.fallbacks += not found
+        arr, path = crop_with_path(img, int(self.meta["image_size"]), self.crop)
+        self.paths[path] += 1
+        self.fallbacks += path != self.crop.mode
         return arr
 
     def standardise(self, batch: np.ndarray) -> np.ndarray:
@@ -194,7 +196,8 @@ class CnnPredictor:
 
 @dataclass
 class FeaturePredictor:
-    """The feature-based method (`wbc.learn.tavakoli`): SVM on the 51 features of `wbc.cells.features`."""
+    """A feature-based model (`wbc.learn.tavakoli`): an SVM on the features its file names (the 51 of
+    `wbc.cells.features` for `tavakoli_svm`, those of `wbc.cells.invariant` for `invariant_svm`)."""
 
     svm: Any
     kind: str = field(default="features", init=False)
@@ -215,29 +218,30 @@ class FeaturePredictor:
 
     @property
     def model_name(self) -> str:
-        return tavakoli.MODEL_NAME
+        return self.svm.MODEL_NAME
 
     @property
     def meta(self) -> dict[str, Any]:
         return {"model_name": self.model_name, "classes": self.classes}
 
     def prepare(self, img: Image.Image) -> np.ndarray:
-        """The 51 features of the image at its own resolution (NaN where undefined)."""
-        vector, _status = feats.extract(np.asarray(img.convert("RGB")))
+        """The model's features of the image at its own resolution (NaN where undefined)."""
+        vector, _status = self.svm.extract(np.asarray(img.convert("RGB")))
         return vector
 
     def predict(self, batch: np.ndarray, batch_size: int = 64, desc: str = "") -> np.ndarray:
-        """Class probabilities (n, classes) of (n, 51) feature vectors."""
+        """Class probabilities (n, classes) of (n, features) feature vectors."""
         return self.svm.predict_proba(np.asarray(batch, dtype=np.float64))
 
     def set_inputs(self, set_name: str, packed_dir: Path, features_dir: Path | None) -> np.ndarray:
         """The cached features of one set, checked against the packed set's labels and order."""
         if features_dir is None:
             raise WbcError(f"{self.model_name} needs the feature files (--features DIR, the features stage)")
-        table = feats.load_features(Path(features_dir) / f"{set_name}.npz")
+        path = feats.set_file(features_dir, set_name, self.svm.FEATURE_KIND)
+        table = feats.load_features(path, names=self.svm.FEATURE_NAMES)
         y = np.load(Path(packed_dir) / f"{set_name}_y.npy")
         if len(table["X"]) != len(y) or not np.array_equal(np.asarray(table["y"]), y):
-            raise WbcError(f"{features_dir}/{set_name}.npz does not match the packed {set_name} set "
+            raise WbcError(f"{path} does not match the packed {set_name} set "
                            "(re-run the features stage: dvc repro features)")
         return table["X"]
 
@@ -247,7 +251,7 @@ Predictor = CnnPredictor | FeaturePredictor
 
 def load_predictor(path: str | Path, device: Any = "cpu", *, stain_norm: str = "none",
                    adapt: str = "none", tta: bool = False) -> Predictor:
-    """Load a model file of either kind (a CNN checkpoint or a `tavakoli_svm` model).
+    """Load a model file of either kind (a CNN checkpoint or a feature model: `tavakoli_svm`, `invariant_svm`).
 
     `stain_norm` (none | reinhard), `adapt` (none | adabn) and `tta` (8 rotated/mirrored views)
     apply to CNNs only."""
@@ -259,4 +263,4 @@ def load_predictor(path: str | Path, device: Any = "cpu", *, stain_norm: str = "
     if is_torch_checkpoint(path):
         model, meta = load_checkpoint(path, device=device)
         return CnnPredictor(model, meta, device, stain_norm, adapt, bool(tta))
-    return FeaturePredictor(tavakoli.TavakoliSVM.load(path))
+    return FeaturePredictor(tavakoli.load_model(path))

@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="reinhard: map each image's Lab statistics to the training set's (default: %(default)s)")
     parser.add_argument("--tta", action="store_true",
                         help="average the probabilities of each image's 8 rotations and reflections (CNNs; 8x slower)")
+    parser.add_argument("--stress", default=None, metavar="DIR",
+                        help="a folder of stress sets (stage stress, `wbc stress`): each zip is evaluated as a set")
     parser.add_argument("--external", action="append", default=[], metavar="NAME=PATH",
                         help="also evaluate a folder or zip of class folders named like the labels (repeatable)")
 
@@ -33,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate each model file; print its scores per set."""
     from wbc.results.evaluate import evaluate_predictor  # lazy: `wbc --help` imports every command; evaluating needs torch
     from wbc.dataset.external import parse_specs
+    from wbc.dataset.stress import stress_specs
     from wbc.results.predictors import load_predictor
     from wbc.learn.device import select_device
 
@@ -40,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     for path in args.models:
         predictor = load_predictor(path, device=device, stain_norm=args.stain_norm, adapt=args.adapt, tta=args.tta)
         name = Path(path).stem
-        external = parse_specs({k: {"path": v} for k, _, v in (e.partition("=") for e in args.external)})
+        external = {**stress_specs(args.stress),
+                    **parse_specs({k: {"path": v} for k, _, v in (e.partition("=") for e in args.external)})}
         result = evaluate_predictor(predictor, args.packed, Path(args.out) / name, features_dir=args.features,
                                     batch_size=args.batch_size, title=name, external=external)
         for set_name, m in result.items():

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "features of the feature-based method for every image of the split, from the image store (one .npz per set)"
+HELP = ("features of the feature-based methods for every image of the split, from the image store "
+        "(<set>.npz: Tavakoli; <set>.invariant.npz: invariant)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

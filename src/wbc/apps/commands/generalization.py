@@ -11,8 +11,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the command's arguments."""
     parser.add_argument("runs", nargs="+", metavar="[LABEL=]DIR",
                         help="evaluation folders (holding metrics.json, or folders of them), optionally labelled")
-    parser.add_argument("--out", default="reports/generalization.md", metavar="MD", help="report (default: %(default)s)")
-    parser.add_argument("--plot", default="reports/generalization.png", metavar="PNG", help="plot (default: %(default)s)")
+    parser.add_argument("--out", default="generalization.md", metavar="MD", help="report (default: %(default)s)")
+    parser.add_argument("--plot", default="generalization.png", metavar="PNG", help="plot (default: %(default)s)")
     parser.add_argument("--notes", default="", metavar="FILE", help="a text file put under the title (how it was made)")
 
 

@@ -49,9 +49,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"unreadable: {row.path}: {row.error}", file=sys.stderr)
     read = len(frame) - len(bad)
     print(f"{read} image(s) predicted, {len(bad)} unreadable (listed in the `error` column) -> {out}")
-    if getattr(predictor, "crop", None) is not None and predictor.crop.mode != "centre":
-        print(f"{predictor.crop.mode} crop: fell back in {frame.attrs['cell_crop_fallback']} image(s) "
-              "(no cell found: centre crop; no red cells measured: cell crop)")
+    if getattr(predictor, "crop", None) is not None and predictor.crop.mode != "centre" and read:
+        paths = frame.attrs["crop_paths"]
+        fell = frame.attrs["cell_crop_fallback"]
+        print(f"{predictor.crop.mode} crop: fell back in {fell} of {read} image(s) ({100.0 * fell / read:.1f} %; "
+              + ", ".join(f"{p} {n}" for p, n in paths.items()) + "; no red cells measured: cell crop, "
+              "no cell found: centre crop; per image: the `crop` column)")
     if read == 0:
         print("wbc predict: error: no image could be read", file=sys.stderr)
         return 1

@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--crop cell: the cell spans this fraction of the crop side (default: %(default)s)")
     parser.add_argument("--rbc-span", type=float, default=DEFAULT_SPAN,
                         help="--crop rbc: the crop side in red-cell diameters (default: %(default)s)")
+    parser.add_argument("--lab-views", action="store_true",
+                        help="also pack each train image as another lab might hand it over (tight crop, low "
+                             "resolution, JPEG; wbc.cells.labshift), through the same crop: train_view_x.npy")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         mode=args.mode, val=split.parse_size_arg(args.val), test=split.parse_size_arg(args.test),
         seed=args.seed, image_size=args.image_size, profile=args.profile,
         dedup_params={"workers": args.workers}, workers=args.workers,
-        crop=args.crop, cell_fraction=args.cell_fraction, rbc_span=args.rbc_span,
+        crop=args.crop, cell_fraction=args.cell_fraction, rbc_span=args.rbc_span, lab_views=args.lab_views,
     )
     totals = ", ".join(f"{name} {n:,}" for name, n in summary["totals"].items())
     print(f"{summary['images']:,} images ({summary['mode']}, seed {summary['seed']}): {totals}")
