@@ -255,6 +255,8 @@ def recipes_table(args: argparse.Namespace, external: dict, train_params: dict) 
         crop, overrides = TRAININGS[training]
         packed = packed_dir(args.run, args.out, crop, args.size, views="lab_view_prob" in overrides)
         for seed in args.recipes:
+            if args.trained_only and not checkpoint(args, training, seed).is_file():
+                continue  # --trained-only: the table of what is trained, nothing trained now
             ckpt = train_once(args, training, seed, train_params, packed)
             dest = args.out / "evaluate" / f"recipe-{name}-seed{seed}"
             if not (dest / "metrics.json").is_file():
@@ -288,6 +290,8 @@ def main() -> int:
                     help="the recipes table instead: baseline and every recipe trained with each of these seeds, "
                          "evaluated on the external sets and on the stress sets built from the run's test split")
     ap.add_argument("--recipe-order", nargs="*", default=None, help=f"recipes to run, in order (default: {list(RECIPES)})")
+    ap.add_argument("--trained-only", action="store_true",
+                    help="--recipes: use the resnet18 checkpoints that exist, train none (a partial table)")
     ap.add_argument("--feature-models", nargs="*", default=["tavakoli_svm", "invariant_svm"])
     ap.add_argument("--stress-seed", type=int, default=23, help="the stress sets' seed (params.yaml stress.seed)")
     ap.add_argument("--kernels", default=None,
