@@ -213,7 +213,7 @@ def train_once(args: argparse.Namespace, training: str, seed: int, train_params:
     """Train one resnet18 unless its checkpoint exists."""
     ckpt = checkpoint(args, training, seed)
     if not ckpt.is_file():
-        crop, overrides = TRAININGS[training]
+        _crop, overrides = TRAININGS[training]
         t0 = time.time()
         print(train_run("resnet18", seed, packed_dir=packed, features_dir=None, out=ckpt, log_dir=None,
                         train_params={**train_params, **overrides}), f"({time.time() - t0:.0f} s)", flush=True)
@@ -310,16 +310,13 @@ def main() -> int:
     plan += [(name, seed) for seed in args.extra_seeds for name in args.extra_only]
     for name, seed in plan:
         training, stain_norm, adapt, tta = EVALS[name]
-        crop, overrides = TRAININGS[training]
+        crop, _overrides = TRAININGS[training]
         packed = packed_dir(args.run, args.out, crop, args.size)
         tag = "" if seed == args.seed else f"-seed{seed}"  # the main seed keeps the plain names
-        ckpt = args.out / "models" / f"resnet18-{training}{tag}.ckpt"
+        ckpt = checkpoint(args, training, seed)
         if training == "baseline" and args.baseline_ckpt and not tag and not ckpt.is_file():
             adopt(args.baseline_ckpt, packed, ckpt)
-        if not ckpt.is_file():
-            t0 = time.time()
-            print(train_run("resnet18", seed, packed_dir=packed, features_dir=None, out=ckpt, log_dir=None,
-                            train_params={**train_params, **overrides}), f"({time.time() - t0:.0f} s)", flush=True)
+        train_once(args, training, seed, train_params, packed)
         dest = args.out / "evaluate" / f"resnet18-{name}{tag}"
         if not (dest / "metrics.json").is_file():
             evaluate_predictor(load_predictor(ckpt, stain_norm=stain_norm, adapt=adapt, tta=tta), packed, dest,
