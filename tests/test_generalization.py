@@ -120,6 +120,28 @@ def test_stain_augment_without_jitter_is_the_identity(monkeypatch: pytest.Monkey
     assert out.dtype == torch.uint8 and torch.equal(out, x)
 
 
+def test_white_balance_multiplies_each_channel_by_its_own_gain(monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.white_balance w: with every other colour range at 0, each image's channels are scaled by
+    gains in [exp(-2w), 1] (the largest lowered to at most 1), different per channel and per image; at
+    w = 0 the stream of draws is the one without it, and out-of-range values are refused."""
+    import wbc.learn.augment as aug
+
+    x = torch.from_numpy(np.random.default_rng(5).integers(40, 200, (16, 3, 24, 24), dtype=np.uint8))
+    assert torch.equal(aug.colour_jitter(x, torch.Generator().manual_seed(9)),
+                       aug.colour_jitter(x, torch.Generator().manual_seed(9), white_balance=0.0))
+    for name in ("STAIN_SCALE", "STAIN_SHIFT", "BRIGHTNESS", "CONTRAST", "SATURATION", "HUE", "GAMMA"):
+        monkeypatch.setattr(aug, name, 0.0)
+    w = 0.3
+    out = aug.colour_jitter(x, torch.Generator().manual_seed(9), white_balance=w).double()
+    gains = (out + 1).mean(dim=(2, 3)) / (x.double() + 1).mean(dim=(2, 3))          # (16, 3)
+    ratio = (out + 1) / (x.double() + 1)
+    assert ((ratio - gains[:, :, None, None]).abs() < 0.03).all()                   # one gain per channel
+    assert gains.max() < 1.01 and gains.min() > np.exp(-2 * w) - 0.02
+    assert gains.std(dim=1).min() > 0.005 and gains[:, 0].std() > 0.02             # per channel, per image
+    with pytest.raises(ConfigError):
+        TrainConfig(white_balance=-0.1)
+
+
 def test_fused_colour_jitter_equals_the_step_by_step_transform() -> None:
     """The fused uint8 path (log table, one exp, gamma table after quantisation) against the textbook
     steps in float64: OD, stain map, back to RGB, colour matrix, contrast about the mean, gamma."""

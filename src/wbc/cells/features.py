@@ -153,13 +153,19 @@ def extract(rgb: np.ndarray) -> tuple[np.ndarray, str]:
     return features_of(seg), seg.status
 
 
-def extract_bytes(data: bytes) -> tuple[np.ndarray, str]:
-    """`extract` of an encoded image; ("all NaN", "unreadable") when it does not decode."""
+def extract_encoded(data: bytes, extract_rgb: Callable[[np.ndarray], tuple[np.ndarray, str]], n_features: int
+                    ) -> tuple[np.ndarray, str]:
+    """`extract_rgb` of an encoded image; (all NaN, "unreadable") when it does not decode."""
     try:
         rgb = np.asarray(decode_image(data))
     except WbcError:
-        return np.full(N_FEATURES, np.nan), UNREADABLE
-    return extract(rgb)
+        return np.full(n_features, np.nan), UNREADABLE
+    return extract_rgb(rgb)
+
+
+def extract_bytes(data: bytes) -> tuple[np.ndarray, str]:
+    """`extract` of an encoded image; ("all NaN", "unreadable") when it does not decode."""
+    return extract_encoded(data, extract, N_FEATURES)
 
 
 # ----------------------------------------------------------------------------- many images

@@ -59,10 +59,9 @@ import numpy as np
 import pandas as pd
 
 from wbc.cells import features as tavakoli_features
-from wbc.cells.features import FeatureSet, UNREADABLE, shape_features
+from wbc.cells.features import FeatureSet, shape_features
 from wbc.cells.segment import Segmentation, as_rgb, segment
 from wbc.core.errors import WbcError
-from wbc.data.store import decode_image
 
 #: The feature kind: names the cache files (`<set>.invariant.npz`) and the models that need them.
 KIND = "invariant"
@@ -257,11 +256,7 @@ def extract(rgb: np.ndarray) -> tuple[np.ndarray, str]:
 
 def extract_bytes(data: bytes) -> tuple[np.ndarray, str]:
     """`extract` of an encoded image; (all NaN, "unreadable") when it does not decode."""
-    try:
-        rgb = np.asarray(decode_image(data))
-    except WbcError:
-        return np.full(N_FEATURES, np.nan), UNREADABLE
-    return extract(rgb)
+    return tavakoli_features.extract_encoded(data, extract, N_FEATURES)
 
 
 # ----------------------------------------------------------------------------- many images, files

@@ -9,8 +9,12 @@ draw comes from a generator seeded per batch from the training seed, so a seed g
 1. stain jitter in haematoxylin-eosin optical-density space (Ruifrok & Johnston 2001 colour
    deconvolution): OD = -log((I + 1) / 256); concentrations C = OD M^-1 (rows of M: the H, E and
    residual stain vectors); each of H and E scaled by U(1 - STAIN_SCALE, 1 + STAIN_SCALE) and
-   shifted by U(-STAIN_SHIFT, STAIN_SHIFT); back to RGB. The whole jitter is one 3x3 affine map of
-   OD per image (M^-1 diag(a) M, b M), so it costs one matrix product per pixel;
+   shifted by U(-STAIN_SHIFT, STAIN_SHIFT); back to RGB. With `white_balance` w > 0 (params
+   `train.white_balance`), each RGB channel is also multiplied by its own gain exp(U(-w, w)) (the
+   three lowered together so that none exceeds 1 and white does not clip), the camera's white
+   balance and the lamp's colour: a gain g on I is the OD shift -log g, so it joins
+   the offset. The whole jitter is one 3x3 affine map of OD per image (M^-1 diag(a) M, b M - log g),
+   so it costs one matrix product per pixel;
 2. brightness, contrast, saturation and hue (a rotation about the grey axis in YIQ space): one
    3x3 affine map of RGB per image; then gamma;
 3. Gaussian blur (probability BLUR_P, sigma from BLUR_SIGMAS) and JPEG re-encoding (probability
@@ -72,15 +76,22 @@ def _factor(gen: torch.Generator, shape: tuple[int, ...], r: float, strength: fl
     return _uniform(gen, shape, 1 - min(r * strength, MAX_FACTOR_CUT), 1 + r * strength)
 
 
-def _stain_maps(b: int, gen: torch.Generator, strength: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image OD affine maps: (B, 3, 3) matrices A and (B, 3) offsets c with OD' = OD A + c."""
+def _stain_maps(b: int, gen: torch.Generator, strength: float = 1.0, white_balance: float = 0.0
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image OD affine maps: (B, 3, 3) matrices A and (B, 3) offsets c with OD' = OD A + c; with
+    `white_balance` w > 0 the offsets also hold -log g of per-channel gains g = exp(U(-w, w)) / max(1,
+    largest gain), drawn after the stain draws (at 0 nothing is drawn: the other draws are unchanged)."""
     m = torch.as_tensor(stain_matrix())
     scale = torch.ones(b, 3, dtype=torch.float64)
     scale[:, :2] = _factor(gen, (b, 2), STAIN_SCALE, strength)
     shift = torch.zeros(b, 3, dtype=torch.float64)
     shift[:, :2] = _uniform(gen, (b, 2), -STAIN_SHIFT * strength, STAIN_SHIFT * strength)
     a = torch.linalg.inv(m) @ torch.diag_embed(scale) @ m
-    return a.float(), (shift @ m).float()
+    offset = shift @ m
+    if white_balance > 0:  # log gains, lowered together so that none exceeds 1 (white would clip)
+        log_gain = _uniform(gen, (b, 3), -white_balance, white_balance)
+        offset = offset - (log_gain - log_gain.amax(dim=1, keepdim=True).clamp(min=0.0))
+    return a.float(), offset.float()
 
 
 def _colour_maps(b: int, gen: torch.Generator, strength: float = 1.0
@@ -100,7 +111,8 @@ def _colour_maps(b: int, gen: torch.Generator, strength: float = 1.0
     return mats.float(), contrast.float(), gamma.float()
 
 
-def colour_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0) -> torch.Tensor:
+def colour_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0,
+                  white_balance: float = 0.0) -> torch.Tensor:
     """Stain jitter, then brightness/saturation/hue, contrast and gamma: uint8 in, uint8 out.
 
     Fused: with L = log(I + 1) (a 256-entry table), the jittered intensity is
@@ -112,7 +124,7 @@ def colour_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0) 
     matrix products on 3-channel images).
     """
     b, _, h, w = x.shape
-    a, c = _stain_maps(b, gen, strength)
+    a, c = _stain_maps(b, gen, strength, white_balance)
     mats, contrast, gamma = _colour_maps(b, gen, strength)
     a, c, mats = a.double().numpy(), c.double().numpy(), mats.double().numpy()
     contrast, gamma = contrast.double().numpy(), gamma.double().numpy()
@@ -171,11 +183,12 @@ def rotate90(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x
 
 
-def stain_augment(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0) -> torch.Tensor:
+def stain_augment(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0,
+                  white_balance: float = 0.0) -> torch.Tensor:
     """The whole augmentation of a uint8 (B, 3, S, S) CPU batch -> a new uint8 batch (see the module doc)."""
     if x.shape[0] == 0:
         return x.clone()
-    return rotate90(degrade(colour_jitter(x, gen, strength), gen), gen)
+    return rotate90(degrade(colour_jitter(x, gen, strength, white_balance), gen), gen)
 
 
 # --------------------------------------------------------------------------------------------

@@ -68,6 +68,7 @@ class TrainConfig:
     augment: bool = True
     stain_augment: bool = False     # wbc.learn.augment: stain/colour/blur/JPEG/rot90, zoom widened to WIDE_SCALE
     stain_strength: float = 1.0     # multiplier of stain_augment's colour ranges (2: strong)
+    white_balance: float = 0.0      # stain_augment: per-channel gains exp(U(-w, w)) (camera white balance); 0: none
     norm: str = "batch"             # batch | group (GroupNorm in place of BatchNorm, wbc.learn.models)
     lab_view_prob: float = 0.0      # each train image replaced by its lab view with this probability (wbc.learn.packed)
     scale_min: float = 0.9
@@ -96,6 +97,8 @@ class TrainConfig:
         kernels.check_level(self.cpu_kernels)
         if not 0 < float(self.stain_strength) <= 4:
             raise ConfigError(f"train.stain_strength must be in (0, 4]; got {self.stain_strength!r}")
+        if not 0.0 <= float(self.white_balance) <= 1.0:
+            raise ConfigError(f"train.white_balance must be in [0, 1] (a log gain); got {self.white_balance!r}")
         if not 0.0 <= float(self.lab_view_prob) <= 1.0:
             raise ConfigError(f"train.lab_view_prob must be in [0, 1]; got {self.lab_view_prob!r}")
         if not 0 < float(self.scale_min) <= float(self.scale_max):
@@ -280,7 +283,8 @@ def _train(model_name: str, cfg: TrainConfig, out: str | Path, log_dir: str | Pa
     # stain augmentation runs in the loader (the workers, when there are), seeded per batch
     train_loader = make_loader(train_set, cfg.batch_size, sampler=distributed.shard(sampler, ddp), workers=cfg.workers,
                                pin_memory=pin,
-                               transform=partial(stain_augment, strength=float(cfg.stain_strength))
+                               transform=partial(stain_augment, strength=float(cfg.stain_strength),
+                                                 white_balance=float(cfg.white_balance))
                                if cfg.stain_augment else None,
                                transform_seed=cfg.seed + 2, view_prob=float(cfg.lab_view_prob))
     val_loader = make_loader(val_set, max(64, cfg.batch_size), workers=cfg.workers, pin_memory=pin)
