@@ -27,7 +27,7 @@ from wbc.results.report import ci_half_width
 
 #: Setting values that are the defaults (left out of a setting's label).
 DEFAULTS = {"crop": "centre", "norm": "batch", "stain_augment": False, "stain_norm": "none", "adapt": "none",
-            "tta": False}
+            "tta": False, "ensemble": 1}
 
 
 def setting_label(setting: Mapping[str, Any] | None) -> str:

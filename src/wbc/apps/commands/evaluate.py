@@ -11,6 +11,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the command's arguments."""
     parser.add_argument("models", nargs="+", metavar="MODEL_FILE",
                         help="model files to evaluate, each into OUT/<file stem>/")
+    parser.add_argument("--ensemble", default=None, metavar="NAME",
+                        help="evaluate the CNN checkpoints given as ONE model, the mean of their probabilities "
+                             "(e.g. the seeds of one model, wbc.results.ensemble), into OUT/NAME/")
     parser.add_argument("--packed", default="data/processed/packed", metavar="DIR",
                         help="packed tensors folder (default: %(default)s)")
     parser.add_argument("--features", default="data/processed/features", metavar="DIR",
@@ -36,15 +39,15 @@ def run(args: argparse.Namespace) -> int:
     from wbc.results.evaluate import evaluate_predictor  # lazy: `wbc --help` imports every command; evaluating needs torch
     from wbc.dataset.external import parse_specs
     from wbc.dataset.stress import stress_specs
-    from wbc.results.predictors import load_predictor
+    from wbc.results.ensemble import load_ensemble
     from wbc.learn.device import select_device
 
     device = select_device(args.device)
-    for path in args.models:
-        predictor = load_predictor(path, device=device, stain_norm=args.stain_norm, adapt=args.adapt, tta=args.tta)
-        name = Path(path).stem
-        external = {**stress_specs(args.stress),
-                    **parse_specs({k: {"path": v} for k, _, v in (e.partition("=") for e in args.external)})}
+    external = {**stress_specs(args.stress),
+                **parse_specs({k: {"path": v} for k, _, v in (e.partition("=") for e in args.external)})}
+    groups = [(args.ensemble, args.models)] if args.ensemble else [(Path(p).stem, [p]) for p in args.models]
+    for name, paths in groups:
+        predictor = load_ensemble(paths, device=device, stain_norm=args.stain_norm, adapt=args.adapt, tta=args.tta)
         result = evaluate_predictor(predictor, args.packed, Path(args.out) / name, features_dir=args.features,
                                     batch_size=args.batch_size, title=name, external=external)
         for set_name, m in result.items():

@@ -12,8 +12,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the command's arguments."""
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="image files, folders (searched recursively) and .zip archives")
-    parser.add_argument("--model", required=True, metavar="MODEL_FILE",
-                        help="a trained model file: a CNN checkpoint or tavakoli_svm, e.g. models/headline-1.ckpt")
+    parser.add_argument("--model", required=True, action="append", metavar="MODEL_FILE",
+                        help="a trained model file: a CNN checkpoint or a feature model, e.g. models/headline-1.ckpt; "
+                             "repeated: the mean of several CNN checkpoints' probabilities (e.g. the seeds of one "
+                             "model, wbc.results.ensemble)")
     parser.add_argument("--out", default="predictions.csv", metavar="CSV",
                         help="output CSV (default: %(default)s): path, label, confidence, p_<class>..., error")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
@@ -34,10 +36,10 @@ def run(args: argparse.Namespace) -> int:
     """
     from wbc.dataset.inputs import InputLimits  # lazy: `wbc --help` imports every command; predicting needs torch
     from wbc.apps.predict import differential_count, format_differential, predict_files, predictions_csv
-    from wbc.results.predictors import load_predictor
+    from wbc.results.ensemble import load_ensemble
     from wbc.learn.device import select_device
 
-    predictor = load_predictor(args.model, device=select_device(args.device), stain_norm=args.stain_norm,
+    predictor = load_ensemble(args.model, device=select_device(args.device), stain_norm=args.stain_norm,
                                adapt="adabn" if args.adapt else "none", tta=args.tta)
     frame = predict_files(predictor, args.paths, batch_size=args.batch_size, limits=InputLimits.from_params(),
                           adapt=args.adapt)
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     for row in bad.itertuples(index=False):
         print(f"unreadable: {row.path}: {row.error}", file=sys.stderr)
     read = len(frame) - len(bad)
-    print(f"{read} image(s) predicted, {len(bad)} unreadable (listed in the `error` column) -> {out}")
+    print(f"{read} image(s) predicted by {predictor.model_name}, {len(bad)} unreadable (listed in the `error` column) -> {out}")
     if getattr(predictor, "crop", None) is not None and predictor.crop.mode != "centre" and read:
         paths = frame.attrs["crop_paths"]
         fell = frame.attrs["cell_crop_fallback"]
