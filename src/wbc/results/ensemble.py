@@ -3,7 +3,7 @@
 The pipeline trains every model once per seed (params `seeds`); averaging the class probabilities
 of those models (a deep ensemble, Lakshminarayanan et al. 2017) is known to hold its accuracy and
 calibration under dataset shift better than any one member (Ovadia et al. 2019): here, another lab's
-stain, camera and crop.
+stain, camera and crop (measured on real PBC with the `other_labs` seeds: no gain; README).
 
     predictor = load_ensemble(["models/headline-1.ckpt", "models/headline-2.ckpt"], adapt="adabn", tta=True)
     p = predictor.adapted(x).predict(x)     # the mean of the members' (adapted) probabilities
@@ -13,7 +13,7 @@ mean and std): one prepared input then serves them all (`prepare` is the first m
 crop path counts), and a mismatch is a `ConfigError` naming the file. `adapted` adapts every member
 on the same inputs (AdaBN when loaded with adapt="adabn"); stain normalisation and tta apply to each
 member as to a single checkpoint. Feature models are refused: an ensemble averages CNNs.
-`wbc predict --model A --model B ...` and `wbc evaluate --model A --model B ...` load one.
+`wbc predict --model A --model B ...` and `wbc evaluate --ensemble NAME A B ...` load one.
 """
 from __future__ import annotations
 
@@ -67,10 +67,6 @@ class EnsemblePredictor:
     def paths(self) -> dict[str, int]:
         return self.first.paths
 
-    @property
-    def fallbacks(self) -> int:
-        return self.first.fallbacks
-
     def setting(self) -> dict[str, Any]:
         return {**self.first.setting(), "ensemble": len(self.members)}
 
@@ -91,9 +87,8 @@ class EnsemblePredictor:
         return EnsemblePredictor([m.adapted(x, batch_size=batch_size) for m in self.members])
 
     def set_inputs(self, set_name: str, packed_dir: Path, features_dir: Path | None) -> np.ndarray:
-        """The packed tensors of one set (checked against every member)."""
-        for m in self.members[1:]:
-            m.set_inputs(set_name, packed_dir, features_dir)
+        """The packed tensors of one set, checked against the first member (`check_members` made the
+        others prepare alike)."""
         return self.first.set_inputs(set_name, packed_dir, features_dir)
 
 
