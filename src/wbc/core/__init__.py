@@ -1,2 +1,3 @@
 """Core: what every room uses — the error types (`errors`), params.yaml reading and stage running
-(`params`), worker counts (`parallel`). Imports nothing else of wbc."""
+(`params`), worker counts (`parallel`), the SIMD dispatch of the numeric libraries (`dispatch`).
+Imports nothing else of wbc."""

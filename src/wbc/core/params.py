@@ -13,6 +13,7 @@ from typing import Any, Callable, NoReturn
 
 import yaml
 
+from wbc.core import dispatch
 from wbc.core.errors import ConfigError, WbcError
 
 
@@ -57,6 +58,7 @@ def run_stage(name: str, main: Callable[[], int]) -> NoReturn:
     """Entry point of a stage script: exit with main()'s code; a WbcError becomes one clear line
     on stderr (`<stage>: error: ...`) and exit code 2, with no traceback."""
     try:
+        dispatch.check()  # NumPy / OpenCV run the pinned SIMD code (wbc.core.dispatch)
         sys.exit(main())
     except WbcError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
