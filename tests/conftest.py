@@ -38,6 +38,15 @@ def _need(path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def dvc_run_cache(tmp_path_factory) -> Path:
+    """One DVC cache, run-cache included, for the tests that run the embedded pipeline in a copy of the
+    checkout (test_readme, test_workflow). The second copy's plain `dvc repro` then restores each stage
+    the first copy ran from the run-cache (the outputs of a real run of the same commit, checked
+    against the committed dvc.lock all the same), while `dvc repro -f` still runs every stage."""
+    return tmp_path_factory.mktemp("dvc-cache")
+
+
+@pytest.fixture(scope="session")
 def shared_dir() -> Path:
     return _need(SHARED)
 

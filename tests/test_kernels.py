@@ -168,8 +168,9 @@ lib = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
 out = {"intel": int(lib.mkl_serv_intel_cpu_true()), "aten": state["aten"], "mkl": state.get("mkl_cbwr")}
 for name in ("mobilenet_v2", "resnet18"):  # 1x1 + depthwise convs + MKL's matmul; oneDNN's brgemm convs
     torch.manual_seed(0)
-    model = build_model(name, 5, image_size=64)
-    x, y = torch.randn(10, 3, 64, 64), torch.randint(0, 5, (10,))
+    # small (emulation runs every instruction in software), yet every layer kind and the classifier run
+    model = build_model(name, 5, image_size=32)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 5, (4,))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     for _ in range(2):
         opt.zero_grad()

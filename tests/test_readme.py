@@ -25,7 +25,9 @@ def test_marker_parser_finds_blocks_and_ignores_unmarked():
     assert runnable_blocks(text) == ["echo one", "echo two"]
 
 
-def copy_checkout(dest: Path) -> None:
+def copy_checkout(dest: Path, dvc_cache: Path | None = None) -> None:
+    """A git repository at `dest` with the checkout's files; `dvc_cache`: the DVC cache folder its
+    .dvc/config.local names (untracked), so that copies can share one run-cache."""
     files = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=ROOT, check=True, capture_output=True,
@@ -40,14 +42,16 @@ def copy_checkout(dest: Path) -> None:
            "GIT_COMMITTER_EMAIL": "t@localhost", "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "copy"]):
         subprocess.run(cmd, cwd=dest, check=True, env=env)
+    if dvc_cache is not None:
+        (dest / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {dvc_cache}\n", encoding="utf-8")
 
 
 @pytest.mark.slow
-def test_readme_runnable_blocks(tmp_path):
+def test_readme_runnable_blocks(tmp_path, dvc_run_cache):
     blocks = runnable_blocks((ROOT / "README.md").read_text(encoding="utf-8"))
     assert blocks, "README has no runnable blocks"
     work = tmp_path / "clone"
-    copy_checkout(work)
+    copy_checkout(work, dvc_run_cache)
     for i, block in enumerate(blocks):
         proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=work,
                               capture_output=True, text=True, timeout=1800)

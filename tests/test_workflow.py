@@ -150,7 +150,7 @@ def installed_elsewhere() -> str | None:
 
 
 @pytest.mark.slow
-def test_workflow_passes_without_shared(tmp_path):
+def test_workflow_passes_without_shared(tmp_path, dvc_run_cache):
     elsewhere = installed_elsewhere()
     if elsewhere is not None:
         pytest.skip(f"the wbc package is installed from another checkout ({elsewhere}), not this one's src/: "
@@ -159,7 +159,7 @@ def test_workflow_passes_without_shared(tmp_path):
     work = tmp_path / "clone" / "wbc-repro"
     work.mkdir(parents=True)
     (tmp_path / "runner_temp").mkdir()
-    copy_checkout(work)
+    copy_checkout(work, dvc_run_cache)
     assert not (work.parent / "shared").exists()
     for step in job["steps"]:
         kind = step_kind(step)

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 
+from wbc.core import dispatch
 from wbc.core.errors import WbcError
 
 #: subcommand name -> module under wbc.apps.commands
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        dispatch.check()  # NumPy / OpenCV run the pinned SIMD code (wbc.core.dispatch)
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         return 130
