@@ -30,6 +30,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import wbc  # noqa: F401  (first: it pins the SIMD dispatch of NumPy, OpenCV, OpenBLAS; wbc.core.dispatch)
 import cv2
 import imagehash
 import numpy as np

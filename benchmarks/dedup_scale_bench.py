@@ -38,6 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import wbc  # noqa: F401  (first: it pins the SIMD dispatch of NumPy, OpenCV, OpenBLAS; wbc.core.dispatch)
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import wbc  # noqa: F401  (first: it pins the SIMD dispatch of NumPy, OpenCV, OpenBLAS; wbc.core.dispatch)
 import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score

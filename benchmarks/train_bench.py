@@ -26,6 +26,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import wbc  # noqa: F401  (first: it pins the SIMD dispatch of NumPy, OpenCV, OpenBLAS; wbc.core.dispatch)
 import numpy as np
 import torch
 

@@ -111,8 +111,47 @@ def test_levels_and_opencv_names_follow_the_cpu() -> None:
     assert "OPENCV_CPU_DISABLE" not in dispatch.env_for("avx2", flags={"avx2", "fma"})
     skx = dispatch.env_for("avx2", flags={"avx2", "fma", "avx512f", "avx512cd", "avx512bw"})
     assert skx["OPENCV_CPU_DISABLE"] == "AVX512F,AVX512-COMMON,AVX512-SKX"
+    # no AVX2 (or unknown flags): no forced AVX2 kernels, which would stop the process
+    old_cpu = dispatch.env_for("avx2", flags={"sse4_2", "avx"})
+    assert set(old_cpu) == {"NPY_DISABLE_CPU_FEATURES"}
+    assert "OPENBLAS_CORETYPE" in dispatch.env_for("baseline", flags=set())
     base = dispatch.env_for("baseline", flags={"avx", "f16c", "fma", "avx2"})
     assert base["OPENCV_CPU_DISABLE"] == "AVX,FP16,FMA3,AVX2" and base["OPENBLAS_CORETYPE"] == "Nehalem"
     fake = {"NPY_DISABLE_CPU_FEATURES": "", dispatch.ENV_LEVEL: "baseline"}
     dispatch.pin_environment(environ=fake)  # overrides the user's value of the same variable
     assert fake["NPY_DISABLE_CPU_FEATURES"] == "X86_V3 X86_V4 AVX512_ICL AVX512_SPR"
+
+
+NUMERIC = {"numpy", "cv2", "scipy", "sklearn", "skimage", "torch", "torchvision", "pandas", "faiss", "imagehash",
+           "matplotlib", "pywt"}
+
+
+def _first_import(path) -> str | None:
+    """'wbc' or the numeric library a script imports first at its top level (None: neither)."""
+    import ast
+
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            tops = {n.split(".")[0] for n in names}
+            if "wbc" in tops:
+                return "wbc"
+            if tops & NUMERIC:
+                return sorted(tops & NUMERIC)[0]
+    return None
+
+
+def test_every_script_imports_wbc_before_the_numeric_libraries(tmp_path) -> None:
+    """A stage or benchmark that imports NumPy first runs NumPy's native dispatch: its floats would
+    be this CPU's (a stage would also be refused by run_stage's check)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    scripts = sorted([*root.glob("stages/*.py"), *root.glob("benchmarks/*.py"), root / "tests" / "conftest.py"])
+    assert len(scripts) > 10
+    late = {str(p.relative_to(root)): first for p in scripts if (first := _first_import(p)) not in ("wbc", None)}
+    assert not late, f"import wbc before {late}"
+    # the check sees a late import, through pandas too
+    bad = tmp_path / "late.py"
+    bad.write_text("import argparse\nimport pandas as pd\nfrom wbc.core import params\n", encoding="utf-8")
+    assert _first_import(bad) == "pandas"

@@ -16,6 +16,8 @@ A level names one choice for all four libraries (the same names as `train.cpu_ke
 - `baseline`: NumPy's X86_V2 baseline, OpenCV up to SSE4.2, OpenBLAS's Nehalem kernels, FAISS's
   generic build: any x86-64 CPU, slower.
 - `native`: nothing set (the fastest code of this CPU; results are per machine).
+On a CPU without AVX2 (or whose flags cannot be read) the `avx2` level sets only NumPy's variable:
+forcing AVX2 kernels there would stop the process; results then are that CPU's.
 
 The libraries read their variable once, when they load, so the variables must be in the
 environment before NumPy is imported: `import wbc` sets them (`pin_environment`, level from
@@ -87,8 +89,11 @@ def env_for(level: str, flags: set[str] | None = None) -> dict[str, str]:
     if level == "native" or not is_x86():
         return {}
     flags = cpu_flags() if flags is None else flags
-    out = {"NPY_DISABLE_CPU_FEATURES": " ".join(_NUMPY_OFF[level]),
-           "OPENBLAS_CORETYPE": _OPENBLAS_CORE[level], "FAISS_OPT_LEVEL": _FAISS_LEVEL[level]}
+    out = {"NPY_DISABLE_CPU_FEATURES": " ".join(_NUMPY_OFF[level])}
+    if level == "baseline" or {"avx2", "fma"} <= flags:
+        # forced AVX2 kernels on a CPU without AVX2 (or one whose flags are unknown) would stop the
+        # process with an illegal instruction: there, OpenBLAS and FAISS choose for themselves
+        out.update(OPENBLAS_CORETYPE=_OPENBLAS_CORE[level], FAISS_OPT_LEVEL=_FAISS_LEVEL[level])
     cv_off = [name for name, flag in _OPENCV_OFF[level] if flag in flags]
     if cv_off:
         out["OPENCV_CPU_DISABLE"] = ",".join(cv_off)
