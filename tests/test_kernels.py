@@ -78,6 +78,7 @@ def _child(mode: str, level: str, root: Path, extra: dict[str, str], tag: str = 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @needs_avx2
 def test_pinned_training_and_evaluation_are_the_same_bytes_under_other_cpu_dispatch(tmp_path: Path) -> None:
     runs = {}
@@ -92,6 +93,7 @@ def test_pinned_training_and_evaluation_are_the_same_bytes_under_other_cpu_dispa
         assert got == first, f"{name}: {got} differs from this machine's {first}"
 
 
+@pytest.mark.slow
 @needs_avx2
 def test_unpinned_kernels_differ_under_the_same_settings(tmp_path: Path) -> None:
     """The control: without pinning (the code before wbc.learn.kernels) the imitated CPUs give other weights."""
@@ -201,6 +203,7 @@ def _probe(prefix: list[str], level: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @needs_avx2
 def test_same_bits_on_an_emulated_cpu_of_the_other_vendor() -> None:
     vendor = cpu_vendor()
