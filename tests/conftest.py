@@ -37,13 +37,26 @@ def _need(path: Path) -> Path:
     pytest.skip(msg)
 
 
+#: The fixtures that need ../shared; every test using one (directly or through another fixture) is
+#: marked `realdata` at collection, which is how the workflow test selects them (tests/test_workflow.py).
+SHARED_FIXTURES = {"shared_dir", "pbc_zip", "rar_fixtures"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if SHARED_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.realdata)
+
+
 @pytest.fixture(scope="session")
-def dvc_run_cache(tmp_path_factory) -> Path:
-    """One DVC cache, run-cache included, for the tests that run the embedded pipeline in a copy of the
-    checkout (test_readme, test_workflow). The second copy's plain `dvc repro` then restores each stage
-    the first copy ran from the run-cache (the outputs of a real run of the same commit, checked
-    against the committed dvc.lock all the same), while `dvc repro -f` still runs every stage."""
-    return tmp_path_factory.mktemp("dvc-cache")
+def workflow_run(tmp_path_factory):
+    """The GitHub workflow's steps, run once per session in a copy of the checkout without ../shared
+    (tests/test_workflow.run_workflow): test_workflow asserts on the outcome, and test_readme runs the
+    README's blocks in that copy afterwards, so the embedded pipeline runs twice per session (the
+    workflow's `dvc repro` and `dvc repro -f`), not three times."""
+    from test_workflow import run_workflow
+
+    return run_workflow(tmp_path_factory.mktemp("workflow"))
 
 
 @pytest.fixture(scope="session")

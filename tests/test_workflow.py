@@ -11,11 +11,16 @@ The rule for steps that only make sense on GitHub:
   that version, and each apt package's command of the same name is on PATH;
 - $GITHUB_STEP_SUMMARY and $RUNNER_TEMP point into the test's temporary folder, CI=true as on a
   runner; the copy has no `origin`, so `git fetch origin main` fails, which the workflow tolerates;
-- the pytest step must not run this test again (forever): the test sets
-  PYTEST_ADDOPTS="-m 'not slow' --junitxml=<tmp>/junit.xml", which deselects the slow tests (this one
-  and the README run among them) and writes a report, from which the test asserts that the tests
-  needing ../shared were skipped with the reason, not failed. WBC_SHARED and WBC_REQUIRE_SHARED
-  are removed from the environment (a user's runner has neither).
+- the pytest step must not run this test again (forever), nor repeat what this session already
+  runs: the test sets PYTEST_ADDOPTS="-m 'realdata and not slow' --junitxml=<tmp>/junit.xml", which
+  selects the tests that need ../shared (conftest marks every test using its fixtures `realdata`),
+  the only ones whose outcome depends on ../shared being there, and writes a report, from which the
+  test asserts that they were skipped with the reason, not failed. The other tests run in this
+  session with the same code. WBC_SHARED and WBC_REQUIRE_SHARED are removed from the environment
+  (a user's runner has neither).
+
+The steps run once per session (`run_workflow`, the `workflow_run` fixture of tests/conftest.py);
+tests/test_readme.py then runs the README's blocks in the reproduced copy.
 
 The copy's own `src/` comes first on PYTHONPATH, as the workflow's `pip install -e .` would do.
 """
@@ -28,6 +33,7 @@ import shlex
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -100,19 +106,57 @@ def runner_env(job: dict, step: dict, tmp: Path, work: Path) -> dict[str, str]:
     env.update(CI="true", RUNNER_TEMP=str(tmp / "runner_temp"), GITHUB_WORKSPACE=str(work),
                GITHUB_STEP_SUMMARY=str(tmp / "step_summary.md"),
                PYTHONPATH=os.pathsep.join(filter(None, [str(work / "src"), env.get("PYTHONPATH")])),
-               PYTEST_ADDOPTS=f"-m 'not slow' --junitxml={tmp / 'junit.xml'} -p no:cacheprovider")
+               PYTEST_ADDOPTS=f"-m 'realdata and not slow' --junitxml={tmp / 'junit.xml'} -p no:cacheprovider")
     env.update({k: str(v) for k, v in {**job["env"], **(step.get("env") or {})}.items()})
     return env
 
 
-def run_step(job: dict, step: dict, tmp: Path, work: Path) -> None:
-    """Run one `run:` step like the runner does; fail the test with its output when it fails."""
+def run_step(job: dict, step: dict, tmp: Path, work: Path) -> str | None:
+    """Run one `run:` step like the runner does; its failure (with its output), None when it passed."""
     cwd = work / step.get("working-directory", ".")
     proc = subprocess.run([*SHELL, step["run"]], cwd=cwd, env=runner_env(job, step, tmp, work),
                           capture_output=True, text=True, timeout=job.get("timeout-minutes", 90) * 60)
-    assert proc.returncode == 0, (
-        f"workflow step {step.get('name', step['run'])!r} failed ({proc.returncode}):\n{step['run']}"
-        f"\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}")
+    if proc.returncode == 0:
+        return None
+    return (f"workflow step {step.get('name', step['run'])!r} failed ({proc.returncode}):\n{step['run']}"
+            f"\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}")
+
+
+@dataclass
+class WorkflowRun:
+    """The outcome of the job's steps in a copy of the checkout (`work`; reports under `tmp`)."""
+    work: Path
+    tmp: Path
+    failure: str | None = None  # the first step that failed, with its output
+    skipped: str | None = None  # why the steps did not run
+
+
+def run_workflow(tmp: Path) -> WorkflowRun:
+    """Run the workflow's steps in order in a copy of this checkout under `tmp`, without ../shared,
+    stopping at the first failing step."""
+    work = tmp / "clone" / "wbc-repro"
+    elsewhere = installed_elsewhere()
+    if elsewhere is not None:
+        return WorkflowRun(work, tmp, skipped=(
+            f"the wbc package is installed from another checkout ({elsewhere}), not this one's src/: "
+            "install this checkout as the README says (pip install -e .) to run the workflow test"))
+    job = load_job()
+    work.mkdir(parents=True)
+    (tmp / "runner_temp").mkdir()
+    copy_checkout(work)
+    if (work.parent / "shared").exists():
+        return WorkflowRun(work, tmp, failure=f"{work.parent / 'shared'} exists beside the copy")
+    for step in job["steps"]:
+        kind = step_kind(step)
+        if kind == "install":
+            missing = missing_installs(step["run"], work)
+            if missing:
+                return WorkflowRun(work, tmp, failure=f"step {step.get('name')!r}: not installed here: {missing}")
+        elif kind == "run":
+            failure = run_step(job, step, tmp, work)
+            if failure is not None:
+                return WorkflowRun(work, tmp, failure=failure)
+    return WorkflowRun(work, tmp)
 
 
 def junit_outcomes(path: Path) -> dict[str, tuple[str, str]]:
@@ -150,27 +194,16 @@ def installed_elsewhere() -> str | None:
 
 
 @pytest.mark.slow
-def test_workflow_passes_without_shared(tmp_path, dvc_run_cache):
-    elsewhere = installed_elsewhere()
-    if elsewhere is not None:
-        pytest.skip(f"the wbc package is installed from another checkout ({elsewhere}), not this one's src/: "
-                    "install this checkout as the README says (pip install -e .) to run the workflow test")
-    job = load_job()
-    work = tmp_path / "clone" / "wbc-repro"
-    work.mkdir(parents=True)
-    (tmp_path / "runner_temp").mkdir()
-    copy_checkout(work, dvc_run_cache)
-    assert not (work.parent / "shared").exists()
-    for step in job["steps"]:
-        kind = step_kind(step)
-        if kind == "install":
-            assert missing_installs(step["run"], work) == [], f"step {step.get('name')!r}: not installed here"
-        elif kind == "run":
-            run_step(job, step, tmp_path, work)
+def test_workflow_passes_without_shared(workflow_run):
+    if workflow_run.skipped is not None:
+        pytest.skip(workflow_run.skipped)
+    assert workflow_run.failure is None, workflow_run.failure
+    tmp_path, work = workflow_run.tmp, workflow_run.work
     outcomes = junit_outcomes(tmp_path / "junit.xml")
     bad = {name: res for name, res in outcomes.items() if res[0] in ("failure", "error")}
     assert not bad, bad
     shared = {name: msg for name, (kind, msg) in outcomes.items() if kind == "skipped" and SHARED_SKIP in msg}
+    assert shared, f"the pytest step selected no test that needs ../shared: {sorted(outcomes)}"
     assert "test_download::test_real_pbc_entry_resolves_in_the_shared_mirror" in {
         n.split(".")[-1] for n in shared}, sorted(shared)
     assert all(str((work.parent / "shared").resolve()) in msg for msg in shared.values())
