@@ -4,10 +4,10 @@ on any x86-64 CPU with AVX2.
 Why: like PyTorch (`wbc.learn.kernels`), these libraries pick their vectorised code at run time
 from the CPU they find, and the paths differ in the last bits: NumPy's `exp`, `log`, `cos` on an
 AVX-512 CPU (its X86_V4 targets) are other implementations than on an AVX2 one, and one ULP in a
-rendered stain density moves a JPEG coefficient. Measured here: the synthetic dataset rendered
-with NumPy's X86_V3 (AVX2) targets and with its X86_V2 baseline differs in 49 of 119 images
-(tests/test_dispatch.py), so the embedded `dvc.lock` of an AVX-512 machine did not reproduce on an
-AVX2 one, and every stage after `download` differed.
+rendered stain density moves a JPEG coefficient. Measured here: the synthetic dataset (scale
+0.05) rendered with NumPy's X86_V3 (AVX2) targets and with its X86_V2 baseline differs in 49 of 119
+images (tests/test_dispatch.py checks it at scale 0.02), so the embedded `dvc.lock` made on an
+AVX-512 machine did not reproduce on an AVX2 one, and every stage after `download` differed.
 
 A level names one choice for all four libraries (the same names as `train.cpu_kernels`):
 - `avx2` (default): NumPy without its X86_V4 / AVX512_ICL / AVX512_SPR targets, OpenCV without
