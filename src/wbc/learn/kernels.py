@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import warnings
 from pathlib import Path
 from typing import Any
 
+from wbc.core import dispatch
 from wbc.core.errors import ConfigError
 
 LEVELS = ("avx2", "baseline", "native")
@@ -62,22 +62,15 @@ def check_level(level: str) -> str:
     return level
 
 
-def is_x86() -> bool:
-    return platform.machine().lower() in ("x86_64", "amd64", "i686", "i386", "x86")
+is_x86 = dispatch.is_x86
 
 
 def cpu_has_avx2() -> bool:
     """True when the CPU has AVX2 and FMA (Linux: /proc/cpuinfo; elsewhere assumed on x86-64)."""
-    info = Path("/proc/cpuinfo")
     if not is_x86():
         return False
-    if not info.is_file():
-        return True
-    for line in info.read_text(errors="replace").splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            return {"avx2", "fma"} <= flags
-    return True
+    flags = dispatch.cpu_flags()
+    return not flags or {"avx2", "fma"} <= flags
 
 
 def env_for(level: str) -> dict[str, str]:
