@@ -67,6 +67,9 @@ TRAININGS = {
     # + another camera's white balance (train.white_balance 0.3): measured, not in the recipe
     "rbc+views+wb+stain+long": ("rbc", {"stain_augment": True, "epochs": 12, "step_size": 8, "lab_view_prob": 0.5,
                                         "white_balance": 0.3}),
+    # + MixStyle in layer1 and layer2 (train.mixstyle 0.5, wbc.learn.mixstyle): feature-level styles
+    "rbc+views+mix+stain+long": ("rbc", {"stain_augment": True, "epochs": 12, "step_size": 8, "lab_view_prob": 0.5,
+                                         "mixstyle": 0.5}),
 }
 #: The recipes table (`--recipes SEED...`): name -> (training, stain_norm, adapt, tta); the names of
 #: src/wbc/core/recipes.yaml (`recipe: <name>`), the baseline being params.yaml's defaults.
@@ -76,6 +79,7 @@ RECIPES = {
     "rbc_stain": ("rbc+stain+long", "none", "adabn", True),
     "other_labs without test-time levers": ("rbc+views+stain+long", "none", "none", False),
     "other_labs with white balance": ("rbc+views+wb+stain+long", "none", "adabn", True),
+    "other_labs with mixstyle": ("rbc+views+mix+stain+long", "none", "adabn", True),
 }
 #: Evaluation settings: name -> (training, stain_norm, adapt, tta), in the order they are run (the
 #: test-time levers on the baseline model first: they cost no training).
@@ -206,6 +210,7 @@ RECIPE_LABELS = {
     "other_labs": "recipe other_labs (new): + lab views (every crop path), adabn + tta",
     "other_labs without test-time levers": "other_labs model, no adabn / tta",
     "other_labs with white balance": "other_labs trained with white balance (train.white_balance 0.3)",
+    "other_labs with mixstyle": "other_labs trained with MixStyle (train.mixstyle 0.5)",
 }
 
 

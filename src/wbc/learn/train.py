@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
 from wbc.core.errors import ConfigError, WbcError
-from wbc.learn import distributed, kernels
+from wbc.learn import distributed, kernels, mixstyle
 from wbc.learn.augment import WIDE_SCALE, augment, mean_colour, stain_augment
 from wbc.learn.device import DEVICES, seed_everything, select_device
 from wbc.learn.models import build_model, check_model_name, check_norm, save_checkpoint
@@ -71,6 +71,7 @@ class TrainConfig:
     white_balance: float = 0.0      # stain_augment: per-channel gains exp(U(-w, w)) (camera white balance); 0: none
     norm: str = "batch"             # batch | group (GroupNorm in place of BatchNorm, wbc.learn.models)
     lab_view_prob: float = 0.0      # each train image replaced by its lab view with this probability (wbc.learn.packed)
+    mixstyle: float | None = None   # MixStyle probability per batch and layer (wbc.learn.mixstyle); None: off
     scale_min: float = 0.9
     scale_max: float = 1.1
     workers: int = 0
@@ -101,6 +102,8 @@ class TrainConfig:
             raise ConfigError(f"train.white_balance must be in [0, 1] (a log gain); got {self.white_balance!r}")
         if not 0.0 <= float(self.lab_view_prob) <= 1.0:
             raise ConfigError(f"train.lab_view_prob must be in [0, 1]; got {self.lab_view_prob!r}")
+        if self.mixstyle is not None and not 0.0 <= float(self.mixstyle) <= 1.0:
+            raise ConfigError(f"train.mixstyle must be a probability in [0, 1] or null; got {self.mixstyle!r}")
         if not 0 < float(self.scale_min) <= float(self.scale_max):
             raise ConfigError("train.scale_min/scale_max must satisfy 0 < scale_min <= scale_max")
 
@@ -273,6 +276,8 @@ def _train(model_name: str, cfg: TrainConfig, out: str | Path, log_dir: str | Pa
     ddp = distributed.env_from()  # torchrun: DistributedDataParallel (wbc.learn.distributed); else a no-op
     device = distributed.setup(ddp, select_device(cfg.device))
     model = build_model(model_name, num_classes, pretrained=cfg.pretrained, image_size=image_size, norm=cfg.norm)
+    if cfg.mixstyle is not None:  # hooks on the layers: the weights, and so the checkpoint, are the model's own
+        mixstyle.attach(model, model_name, float(cfg.mixstyle), seed=cfg.seed + 3)
     trainer = Trainer(model, cfg, meta, train_set.labels, device)
     trainer.model = distributed.wrap(trainer.model, ddp, device)
 
