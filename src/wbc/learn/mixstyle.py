@@ -37,13 +37,18 @@ LAYERS = {"resnet": ("layer1", "layer2")}
 EPS = 1e-6
 
 
+def check_probability(p: float) -> float:
+    """`p` as a float, or ConfigError when it is not a probability (params `train.mixstyle`)."""
+    if not 0.0 <= float(p) <= 1.0:
+        raise ConfigError(f"train.mixstyle must be a probability in [0, 1] (null: off); got {p!r}")
+    return float(p)
+
+
 class MixStyle:
     """The forward hook of one or more layers (see the module docstring)."""
 
     def __init__(self, p: float, seed: int, alpha: float = ALPHA):
-        if not 0.0 <= float(p) <= 1.0:
-            raise ConfigError(f"train.mixstyle must be a probability in [0, 1]; got {p!r}")
-        self.p, self.alpha = float(p), float(alpha)
+        self.p, self.alpha = check_probability(p), float(alpha)
         self.gen = torch.Generator().manual_seed(int(seed))
         self.rng = np.random.default_rng(int(seed))
         self.mixed = 0  # batches x layers mixed so far (a test can see it work)

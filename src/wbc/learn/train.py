@@ -102,8 +102,8 @@ class TrainConfig:
             raise ConfigError(f"train.white_balance must be in [0, 1] (a log gain); got {self.white_balance!r}")
         if not 0.0 <= float(self.lab_view_prob) <= 1.0:
             raise ConfigError(f"train.lab_view_prob must be in [0, 1]; got {self.lab_view_prob!r}")
-        if self.mixstyle is not None and not 0.0 <= float(self.mixstyle) <= 1.0:
-            raise ConfigError(f"train.mixstyle must be a probability in [0, 1] or null; got {self.mixstyle!r}")
+        if self.mixstyle is not None:
+            mixstyle.check_probability(self.mixstyle)
         if not 0 < float(self.scale_min) <= float(self.scale_max):
             raise ConfigError("train.scale_min/scale_max must satisfy 0 < scale_min <= scale_max")
 
@@ -251,6 +251,8 @@ def train_model(model_name: str, packed_dir: str | Path, cfg: TrainConfig, out: 
                 log_dir: str | Path | None = None) -> TrainResult:
     """Train `model_name` on `<packed_dir>` train, select on val, save the best checkpoint to `out`."""
     check_model_name(model_name)
+    if cfg.mixstyle is not None:
+        mixstyle.layer_names(model_name)  # a family MixStyle is not defined for fails before any work
     meta = read_meta(packed_dir)
     train_set = PackedSet(packed_dir, "train", views=float(cfg.lab_view_prob) > 0)
     val_set = PackedSet(packed_dir, "val")
