@@ -11,7 +11,7 @@ from wbc.core.errors import ConfigError
 from wbc.learn import mixstyle
 from wbc.learn.models import build_model, load_checkpoint
 from wbc.learn.train import TrainConfig, train_model
-from tests.test_train import FAST, make_packed
+from test_train import FAST, make_packed
 
 
 def styled_batch() -> torch.Tensor:
