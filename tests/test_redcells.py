@@ -43,6 +43,21 @@ def test_red_cell_diameter_measures_drawn_red_cells_and_scales_with_the_image() 
     assert d_big is not None and abs(d_big / d - 1.5) < 0.12
 
 
+def test_red_cells_of_a_low_resolution_photo_measure_like_the_full_resolution_one() -> None:
+    """A smear photographed with fewer pixels (shorter side 40-200 px, below the work side) gives the
+    same diameter relative to its side as the 360-px image, and is found at all: the red cells of
+    another lab's small photos set the crop instead of the `cell` fallback."""
+    img = smear(360, 30, 45)
+    ref = red_cell_diameter(img, exclude=(180, 180, 100)) / 360
+    for side in (200, 120, 80, 56, 40):
+        f = side / 360
+        small = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)
+        d = red_cell_diameter(small, exclude=(180 * f, 180 * f, 100 * f))
+        assert d is not None, side
+        assert abs(d / side / ref - 1.0) < 0.08, (side, d / side, ref)
+    assert red_cell_diameter(cv2.resize(img, (12, 12), interpolation=cv2.INTER_AREA)) is None  # no room
+
+
 def test_the_white_cell_and_red_cell_pallor_are_not_counted_as_red_cells() -> None:
     img = smear(360, 30, 45)
     circles = find_red_cells(img, exclude=(180, 180, 100))

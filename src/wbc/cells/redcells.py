@@ -7,7 +7,9 @@ that `wbc.cells.cellcrop` can scale every lab's images to the same number of pix
 
 Method: circles found by OpenCV's gradient Hough transform (`cv2.HOUGH_GRADIENT_ALT`, which scores
 each candidate by how well it fits a circle) on a contrast-stretched grey copy whose shorter side is
-`WORK_SIDE` px; radii between `MIN_RADIUS` and `MAX_RADIUS` of that side. Circles centred inside the
+`WORK_SIDE` px, shrunk or enlarged to it (so the blur, the edge detector and the radius bounds are the
+same fractions of the image at every resolution: a 64-px smear photo is measured like a 360-px one);
+radii between `MIN_RADIUS` and `MAX_RADIUS` of that side. Circles centred inside the
 white cell's box (`exclude`) are its outline, not red cells; a circle centred inside a larger one is
 the central pallor of the same red cell (or a ghost of it) and is dropped. The diameter is the
 median of the remaining circles (robust to a few touching or overlapping red cells found as one),
@@ -30,12 +32,14 @@ CIRCLE_SCORE, CANNY_HIGH = 0.6, 100
 
 
 def _grey(rgb: np.ndarray) -> tuple[np.ndarray, float]:
-    """The image's grey copy (shorter side `WORK_SIDE` at most), contrast-stretched between its 1st
-    and 99th percentiles and slightly blurred, and the scale factor from the image to it."""
+    """The image's grey copy with its shorter side resampled to `WORK_SIDE` (area interpolation to
+    shrink, cubic to enlarge), contrast-stretched between its 1st and 99th percentiles and slightly
+    blurred, and the scale factor from the image to it."""
     h, w = rgb.shape[:2]
-    scale = min(1.0, WORK_SIDE / min(h, w))
-    if scale < 1.0:
-        rgb = cv2.resize(rgb, (max(8, round(w * scale)), max(8, round(h * scale))), interpolation=cv2.INTER_AREA)
+    scale = WORK_SIDE / min(h, w)
+    if scale != 1.0:
+        interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_CUBIC
+        rgb = cv2.resize(rgb, (max(8, round(w * scale)), max(8, round(h * scale))), interpolation=interpolation)
     grey = cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2GRAY).astype(np.float32)
     lo, hi = np.percentile(grey, (1, 99))
     grey = np.clip((grey - lo) * (255.0 / max(hi - lo, 1.0)), 0, 255).astype(np.uint8)
@@ -55,10 +59,10 @@ def drop_nested(circles: np.ndarray) -> np.ndarray:
 def find_red_cells(rgb: np.ndarray, exclude: tuple[float, float, float] | None = None) -> np.ndarray:
     """(n, 3) float circles (x, y, radius), in the image's pixels, of the red cells of an HxWx3 uint8
     image; `exclude` = (centre x, centre y, side) of the white cell's box, whose circles are dropped."""
+    if min(rgb.shape[:2]) * MAX_RADIUS < 3:   # too small to hold a red cell of a few pixels
+        return np.zeros((0, 3), np.float64)
     grey, scale = _grey(rgb)
     side = min(grey.shape)
-    if side * MAX_RADIUS < 3:   # too small to hold a red cell of a few pixels
-        return np.zeros((0, 3), np.float64)
     found = cv2.HoughCircles(grey, cv2.HOUGH_GRADIENT_ALT, dp=1.5, minDist=side * MIN_RADIUS,
                              param1=CANNY_HIGH, param2=CIRCLE_SCORE,
                              minRadius=max(2, int(side * MIN_RADIUS)), maxRadius=int(side * MAX_RADIUS))
