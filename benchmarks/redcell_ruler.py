@@ -7,7 +7,10 @@ was measured (the others get the `cell` crop), the median diameter in px and as 
 image's shorter side, the interquartile range and the coefficient of variation (a ruler that is
 steady within one lab and camera has a small one), and the seconds per image. `--figure` draws the
 circles found on the first images of ONE set (only sets whose images may be shown: e.g. PBC,
-CC BY 4.0).
+CC BY 4.0). `--sides 160 96 64 48` adds the scale table: every image also downscaled (area
+interpolation) to each shorter side, as a low-resolution camera would give it; per side, the share
+measured and the diameter / shorter side over the same image's at native resolution (a scale-free
+ruler gives 1.0 at every side).
 
     python benchmarks/redcell_ruler.py --set pbc=../shared/data/pbc/PBC_dataset_normal_DIB.zip \\
         --set lisc=../shared/data/external/lisc/LISC_crops.zip --figure pbc --out reports/redcells.md
@@ -27,6 +30,41 @@ import numpy as np
 from wbc.cells.cellcrop import cell_box
 from wbc.dataset.inputs import collect_inputs, iter_images
 from wbc.cells.redcells import find_red_cells, median_diameter
+
+
+def downscaled(rgb: np.ndarray, side: int | None) -> np.ndarray:
+    """The image with its shorter side `side` (area interpolation; never enlarged; None: as it is)."""
+    h, w = rgb.shape[:2]
+    if side is None or side >= min(h, w):
+        return rgb
+    f = side / min(h, w)
+    return cv2.resize(rgb, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+
+
+def relative_diameters(path: str, every: int, side: int | None) -> list[float | None]:
+    """Per image (sorted inputs, every n-th): diameter / shorter side after `downscaled`, or None."""
+    out: list[float | None] = []
+    for _, img, _error in iter_images(collect_inputs([path])[::every]):
+        if img is None:
+            continue
+        rgb = downscaled(np.asarray(img.convert("RGB")), side)
+        d = median_diameter(find_red_cells(rgb, exclude=cell_box(rgb)))
+        out.append(None if d is None else d / min(rgb.shape[:2]))
+    return out
+
+
+def scale_rows(name: str, path: str, every: int, sides: list[int]) -> list[str]:
+    """Markdown rows of the scale table of one set (see the module doc)."""
+    native = relative_diameters(path, every, None)
+    rows = []
+    for side in sides:
+        small = relative_diameters(path, every, side)
+        ratios = np.asarray([s / r for s, r in zip(small, native) if s is not None and r is not None])
+        p10, med, p90 = np.percentile(ratios, (10, 50, 90)) if len(ratios) else (np.nan,) * 3
+        found = sum(v is not None for v in small)
+        rows.append(f"| {name} | {side} | {found / max(len(small), 1):.1%} | {med:.3f} | {p10:.3f}-{p90:.3f} |")
+        print(rows[-1], flush=True)
+    return rows
 
 
 def measure(path: str, every: int) -> tuple[list[float], list[float], int, float, list[np.ndarray]]:
@@ -64,6 +102,7 @@ def main() -> int:
     ap.add_argument("--figure", default=None, metavar="NAME", help="draw the circles of this set's first images")
     ap.add_argument("--out", type=Path, default=None, help="markdown table (and, with --figure, a .png beside it)")
     ap.add_argument("--credit", default="", help="the figure's image credit (source, licence)")
+    ap.add_argument("--sides", type=int, nargs="*", default=[], help="the scale table at these shorter sides (px)")
     args = ap.parse_args()
     lines = ["| set | images | diameter measured | median diameter (px) | / shorter side | IQR (px) | CV | s / image |",
              "|:---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -80,6 +119,15 @@ def main() -> int:
         if name == args.figure:
             figure = np.vstack([np.hstack(shown[i:i + 5]) for i in range(0, len(shown) - len(shown) % 5, 5)])
     text = "\n".join(lines) + "\n"
+    if args.sides:
+        scale = ["| set | shorter side (px) | diameter measured | diameter / side over native (median) | p10-p90 |",
+                 "|:---|---:|---:|---:|---:|"]
+        for spec in args.set:
+            name, _, path = spec.partition("=")
+            scale += scale_rows(name, path, args.every, args.sides)
+        text += ("\nEvery image downscaled to a shorter side (area interpolation), as a low-resolution camera "
+                 "would give it; the diameter over the side, divided by the same image's at native "
+                 "resolution (1.000: the ruler reads the same):\n\n" + "\n".join(scale) + "\n")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         if figure is not None:

@@ -9,7 +9,7 @@ from PIL import Image
 from wbc.data.synthetic import camera, scene as synth_scene, seeds
 from wbc.cells.cellcrop import CropSpec, crop_square
 from wbc.core.errors import ConfigError
-from wbc.cells.redcells import drop_nested, find_red_cells, red_cell_diameter
+from wbc.cells.redcells import drop_nested, find_red_cells, median_diameter, red_cell_diameter
 
 
 def smear(side: int, rbc_radius: float, wbc_radius: float, seed: int = 0, count: int = 14) -> np.ndarray:
@@ -66,6 +66,17 @@ def test_the_white_cell_and_red_cell_pallor_are_not_counted_as_red_cells() -> No
     # concentric circles: the pallor (inner) goes, the cell (outer) stays; a neighbour stays too
     nested = drop_nested(np.array([[50.0, 50.0, 30.0], [51.0, 49.0, 12.0], [120.0, 50.0, 30.0]]))
     assert nested.tolist() == [[50.0, 50.0, 30.0], [120.0, 50.0, 30.0]]
+
+
+def test_only_circles_of_one_size_measure_the_red_cells() -> None:
+    """Red cells of one smear share a size: an outlier circle (two touching cells found as one) is left
+    out of the median, and circles of every size (arcs in a crop filled by the white cell) give None."""
+    cells = np.array([[10.0, 10.0, 20.0], [60.0, 10.0, 21.0], [10.0, 60.0, 19.0], [60.0, 60.0, 20.5]])
+    assert median_diameter(cells) == pytest.approx(40.5)
+    assert median_diameter(np.vstack([cells, [[100.0, 100.0, 45.0]]])) == pytest.approx(40.5)
+    arcs = np.array([[5.0, 5.0, 34.0], [90.0, 5.0, 17.0], [5.0, 90.0, 8.0]])
+    assert median_diameter(arcs) is None
+    assert median_diameter(cells[:2]) is None                           # fewer than 3
 
 
 def test_no_red_cells_gives_none() -> None:

@@ -11,10 +11,12 @@ each candidate by how well it fits a circle) on a contrast-stretched grey copy w
 same fractions of the image at every resolution: a 64-px smear photo is measured like a 360-px one);
 radii between `MIN_RADIUS` and `MAX_RADIUS` of that side. Circles centred inside the
 white cell's box (`exclude`) are its outline, not red cells; a circle centred inside a larger one is
-the central pallor of the same red cell (or a ghost of it) and is dropped. The diameter is the
-median of the remaining circles (robust to a few touching or overlapping red cells found as one),
-and None when fewer than `MIN_RED_CELLS` are found (e.g. a crop filled by the white cell): the caller
-falls back and counts it. Every bound is a fraction of the image side: no lab's pixel size is built in.
+the central pallor of the same red cell (or a ghost of it) and is dropped. The red cells of one smear
+share one size (red-cell distribution width, the diameter's CV, is 11.5-14.5 % in health), so only
+circles within a factor `AGREEMENT` of the median circle count: the diameter is their median (robust
+to a few touching or overlapping red cells found as one), and None when fewer than `MIN_RED_CELLS`
+agree (e.g. a crop filled by the white cell, where the circles found are arcs of its outline and of
+cut-off neighbours, of every size): the caller falls back and counts it. Every bound is a fraction of the image side: no lab's pixel size is built in.
 """
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ WORK_SIDE = 256
 MIN_RADIUS, MAX_RADIUS = 1.0 / 40.0, 1.0 / 5.0
 #: Fewer red cells than this: no reliable diameter.
 MIN_RED_CELLS = 3
+#: Circles whose diameter is more than this factor from the median circle's are not red cells of the
+#: same smear (4/3: beyond 2 CV of the red-cell size spread of a healthy smear).
+AGREEMENT = 4.0 / 3.0
 #: `HOUGH_GRADIENT_ALT` circle-fit score threshold (0..1; 1 = a perfect circle) and Canny upper threshold.
 CIRCLE_SCORE, CANNY_HIGH = 0.6, 100
 
@@ -74,8 +79,14 @@ def find_red_cells(rgb: np.ndarray, exclude: tuple[float, float, float] | None =
 
 
 def median_diameter(circles: np.ndarray) -> float | None:
-    """The median diameter of (n, 3) circles, or None when fewer than `MIN_RED_CELLS`."""
-    return float(2.0 * np.median(circles[:, 2])) if len(circles) >= MIN_RED_CELLS else None
+    """The median diameter of the (n, 3) circles that agree in size (within `AGREEMENT` of the median
+    circle's), or None when fewer than `MIN_RED_CELLS` agree."""
+    if len(circles) < MIN_RED_CELLS:
+        return None
+    d = 2.0 * circles[:, 2]
+    centre = np.median(d)
+    agreeing = d[(d >= centre / AGREEMENT) & (d <= centre * AGREEMENT)]
+    return float(np.median(agreeing)) if len(agreeing) >= MIN_RED_CELLS else None
 
 
 def red_cell_diameter(rgb: np.ndarray, exclude: tuple[float, float, float] | None = None) -> float | None:
