@@ -28,62 +28,56 @@ import cv2
 import numpy as np
 
 from wbc.cells.cellcrop import cell_box
+from wbc.cells.labshift import Ranges, downscale
 from wbc.dataset.inputs import collect_inputs, iter_images
 from wbc.cells.redcells import find_red_cells, median_diameter
 
 
-def downscaled(rgb: np.ndarray, side: int | None) -> np.ndarray:
-    """The image with its shorter side `side` (area interpolation; never enlarged; None: as it is)."""
-    h, w = rgb.shape[:2]
-    if side is None or side >= min(h, w):
-        return rgb
-    f = side / min(h, w)
-    return cv2.resize(rgb, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+def relative_diameter(rgb: np.ndarray) -> float | None:
+    """The image's median red-cell diameter over its shorter side, or None when not measured."""
+    d = median_diameter(find_red_cells(rgb, exclude=cell_box(rgb)))
+    return None if d is None else d / min(rgb.shape[:2])
 
 
-def relative_diameters(path: str, every: int, side: int | None) -> list[float | None]:
-    """Per image (sorted inputs, every n-th): diameter / shorter side after `downscaled`, or None."""
-    out: list[float | None] = []
-    for _, img, _error in iter_images(collect_inputs([path])[::every]):
-        if img is None:
-            continue
-        rgb = downscaled(np.asarray(img.convert("RGB")), side)
-        d = median_diameter(find_red_cells(rgb, exclude=cell_box(rgb)))
-        out.append(None if d is None else d / min(rgb.shape[:2]))
-    return out
-
-
-def scale_rows(name: str, path: str, every: int, sides: list[int]) -> list[str]:
-    """Markdown rows of the scale table of one set (see the module doc)."""
-    native = relative_diameters(path, every, None)
-    rows = []
-    for side in sides:
-        small = relative_diameters(path, every, side)
-        ratios = np.asarray([s / r for s, r in zip(small, native) if s is not None and r is not None])
-        p10, med, p90 = np.percentile(ratios, (10, 50, 90)) if len(ratios) else (np.nan,) * 3
-        found = sum(v is not None for v in small)
-        rows.append(f"| {name} | {side} | {found / max(len(small), 1):.1%} | {med:.3f} | {p10:.3f}-{p90:.3f} |")
-        print(rows[-1], flush=True)
-    return rows
-
-
-def measure(path: str, every: int) -> tuple[list[float], list[float], int, float, list[np.ndarray]]:
-    """(diameters in px, diameters / shorter side, images read, seconds per image, first images)."""
+def measure(path: str, every: int, sides: list[int]
+            ) -> tuple[list[float], list[float], int, float, list[np.ndarray], dict[int, tuple[int, list[float]]]]:
+    """(diameters in px, diameters / shorter side, images read, seconds per image at native resolution,
+    first images, {side: (images measured, diameter / side over native per image measured at both)})
+    in one pass over the images; each side's copy is `wbc.cells.labshift.downscale` to exactly it."""
     items = collect_inputs([path])[::every]
-    diam, rel, shown, n, t0 = [], [], [], 0, time.perf_counter()
+    diam, rel, shown, n, seconds = [], [], [], 0, 0.0
+    scale: dict[int, tuple[int, list[float]]] = {side: (0, []) for side in sides}
+    rng = np.random.default_rng(0)  # downscale's draw from a one-value range: unused
     for _, img, error in iter_images(items):
         if img is None:
             continue
         rgb = np.asarray(img.convert("RGB"))
         n += 1
+        t0 = time.perf_counter()
         circles = find_red_cells(rgb, exclude=cell_box(rgb))
+        d = median_diameter(circles)
+        seconds += time.perf_counter() - t0
         if len(shown) < 10:
             shown.append(draw(rgb, circles))
-        d = median_diameter(circles)
         if d is not None:
             diam.append(d)
             rel.append(d / min(rgb.shape[:2]))
-    return diam, rel, n, (time.perf_counter() - t0) / max(n, 1), shown
+        for side in sides:
+            small = relative_diameter(downscale(rgb, rng, Ranges(side=(side, side))))
+            found, ratios = scale[side]
+            if small is not None and d is not None:
+                ratios.append(small / rel[-1])
+            scale[side] = (found + (small is not None), ratios)
+    return diam, rel, n, seconds / max(n, 1), shown, scale
+
+
+def scale_rows(name: str, n: int, scale: dict[int, tuple[int, list[float]]]) -> list[str]:
+    """Markdown rows of the scale table of one set (see the module doc)."""
+    rows = []
+    for side, (found, ratios) in scale.items():
+        p10, med, p90 = np.percentile(ratios, (10, 50, 90)) if ratios else (np.nan,) * 3
+        rows.append(f"| {name} | {side} | {found / max(n, 1):.1%} | {med:.3f} | {p10:.3f}-{p90:.3f} |")
+    return rows
 
 
 def draw(rgb: np.ndarray, circles: np.ndarray) -> np.ndarray:
@@ -107,9 +101,12 @@ def main() -> int:
     lines = ["| set | images | diameter measured | median diameter (px) | / shorter side | IQR (px) | CV | s / image |",
              "|:---|---:|---:|---:|---:|---:|---:|---:|"]
     figure = None
+    scale_table = ["| set | shorter side (px) | diameter measured | diameter / side over native (median) | p10-p90 |",
+                   "|:---|---:|---:|---:|---:|"]
     for spec in args.set:
         name, _, path = spec.partition("=")
-        diam, rel, n, sec, shown = measure(path, args.every)
+        diam, rel, n, sec, shown, scale = measure(path, args.every, args.sides)
+        scale_table += scale_rows(name, n, scale)
         d = np.asarray(diam)
         q1, med, q3 = np.percentile(d, (25, 50, 75)) if len(d) else (np.nan,) * 3
         cv = float(d.std() / d.mean()) if len(d) else np.nan
@@ -120,14 +117,10 @@ def main() -> int:
             figure = np.vstack([np.hstack(shown[i:i + 5]) for i in range(0, len(shown) - len(shown) % 5, 5)])
     text = "\n".join(lines) + "\n"
     if args.sides:
-        scale = ["| set | shorter side (px) | diameter measured | diameter / side over native (median) | p10-p90 |",
-                 "|:---|---:|---:|---:|---:|"]
-        for spec in args.set:
-            name, _, path = spec.partition("=")
-            scale += scale_rows(name, path, args.every, args.sides)
+        print("\n".join(scale_table[2:]), flush=True)
         text += ("\nEvery image downscaled to a shorter side (area interpolation), as a low-resolution camera "
                  "would give it; the diameter over the side, divided by the same image's at native "
-                 "resolution (1.000: the ruler reads the same):\n\n" + "\n".join(scale) + "\n")
+                 "resolution (1.000: the ruler reads the same):\n\n" + "\n".join(scale_table) + "\n")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         if figure is not None:

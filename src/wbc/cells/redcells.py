@@ -16,7 +16,8 @@ share one size (red-cell distribution width, the diameter's CV, is 11.5-14.5 % i
 circles within a factor `AGREEMENT` of the median circle count: the diameter is their median (robust
 to a few touching or overlapping red cells found as one), and None when fewer than `MIN_RED_CELLS`
 agree (e.g. a crop filled by the white cell, where the circles found are arcs of its outline and of
-cut-off neighbours, of every size): the caller falls back and counts it. Every bound is a fraction of the image side: no lab's pixel size is built in.
+cut-off neighbours, of every size): the caller falls back and counts it. Every bound is a fraction
+of the image side: no lab's pixel size is built in.
 """
 from __future__ import annotations
 
