@@ -40,7 +40,7 @@ def predict_files(
     image took, `wbc.cells.cellcrop.PATHS`: the model's own, or a fallback; empty for the feature
     model and unread images), `error` (empty when the image was read; otherwise
     label/confidence/probabilities are empty). `adapt`: every image is prepared first and the model
-    adapted to them (`predictor.adapted`, AdaBN for a CNN loaded with adapt="adabn"), then predicted.
+    adapted to them (`predictor.adapted`: AdaBN for a CNN loaded with adapt="adabn" or "balanced"), then predicted.
     `frame.attrs["cell_crop_fallback"]`: images whose crop fell back; `frame.attrs["crop_paths"]`:
     the count of each path.
     """

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from wbc.cells import features as feats
 from wbc.learn import tavakoli
-from wbc.learn.adapt import ADAPTS, adabn
+from wbc.learn.adapt import ADAPTS, BALANCED_DRAWS, adabn, class_balanced_rows
 from wbc.learn.models import load_checkpoint
 from wbc.cells.cellcrop import PATHS, CropSpec, crop_with_path
 from wbc.core.errors import ConfigError, WbcError
@@ -181,11 +181,18 @@ class CnnPredictor:
 
     def adapted(self, x: np.ndarray, batch_size: int = 64) -> "CnnPredictor":
         """This model with its BatchNorm statistics re-estimated on the inputs `x` (AdaBN), or itself
-        when `adapt` is none."""
+        when `adapt` is none. With `adapt` balanced, re-estimated a second time on a resample of `x` in
+        which every class the first adapted model predicts has the same share (`wbc.learn.adapt`)."""
         if self.adapt == "none":
             return self
-        model = adabn(self.model, self.standardise(x), self.meta["mean"], self.meta["std"],
-                      batch_size=batch_size, device=self.device)
+        xs = self.standardise(x)
+        model = adabn(self.model, xs, self.meta["mean"], self.meta["std"], batch_size=batch_size, device=self.device)
+        if self.adapt == "balanced" and len(x) > 1:
+            first = CnnPredictor(model, self.meta, self.device, self.stain_norm, self.adapt, self.tta)
+            labels = first.predict(x, batch_size=batch_size, desc=f"{self.model_name} classes to balance").argmax(axis=1)
+            rows = class_balanced_rows(labels, BALANCED_DRAWS * len(x))
+            model = adabn(self.model, np.asarray(xs[rows]), self.meta["mean"], self.meta["std"],
+                          batch_size=batch_size, device=self.device)
         return CnnPredictor(model, self.meta, self.device, self.stain_norm, self.adapt, self.tta)
 
     def set_inputs(self, set_name: str, packed_dir: Path, features_dir: Path | None) -> np.ndarray:
@@ -253,7 +260,7 @@ def load_predictor(path: str | Path, device: Any = "cpu", *, stain_norm: str = "
                    adapt: str = "none", tta: bool = False) -> Predictor:
     """Load a model file of either kind (a CNN checkpoint or a feature model: `tavakoli_svm`, `invariant_svm`).
 
-    `stain_norm` (none | reinhard), `adapt` (none | adabn) and `tta` (8 rotated/mirrored views)
+    `stain_norm` (none | reinhard), `adapt` (none | adabn | balanced) and `tta` (8 rotated/mirrored views)
     apply to CNNs only."""
     if adapt not in ADAPTS:
         raise ConfigError(f"adapt must be one of {', '.join(ADAPTS)}; got {adapt!r}")

@@ -21,9 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="reports/evaluate", metavar="DIR", help="output folder (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64, help="inference batch size (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, ...")
-    parser.add_argument("--adapt", choices=("none", "adabn"), default="none",
+    parser.add_argument("--adapt", choices=("none", "adabn", "balanced"), default="none",
                         help="adabn: re-estimate BatchNorm statistics on each other lab's set (external sets), on its "
-                             "own images; the in-domain test split keeps the trained ones (default: %(default)s)")
+                             "own images; balanced: again on a class-balanced resample of them (wbc.learn.adapt); "
+                             "the in-domain test split keeps the trained ones (default: %(default)s)")
     parser.add_argument("--stain-norm", choices=("none", "reinhard"), default="none",
                         help="reinhard: map each image's Lab statistics to the training set's (default: %(default)s)")
     parser.add_argument("--tta", action="store_true",

@@ -20,9 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output CSV (default: %(default)s): path, label, confidence, p_<class>..., error")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, ...")
-    parser.add_argument("--adapt", action="store_true",
-                        help="AdaBN: re-estimate the CNN's BatchNorm statistics on the images given before predicting "
-                             "(use a few dozen images or more of one lab)")
+    parser.add_argument("--adapt", nargs="?", choices=("none", "adabn", "balanced"), const="balanced", default="none",
+                        metavar="MODE",
+                        help="re-estimate the CNN's BatchNorm statistics on the images given before predicting (use "
+                             "a few dozen images or more of one lab): adabn (AdaBN), balanced (AdaBN again on a "
+                             "class-balanced resample of the images, for folders in which some classes are rare, as "
+                             "in blood); --adapt alone: balanced (default: none)")
     parser.add_argument("--stain-norm", choices=("none", "reinhard"), default="none",
                         help="reinhard: map each image's Lab statistics to the training set's (default: %(default)s)")
     parser.add_argument("--tta", action="store_true",
@@ -40,9 +43,9 @@ def run(args: argparse.Namespace) -> int:
     from wbc.learn.device import select_device
 
     predictor = load_ensemble(args.model, device=select_device(args.device), stain_norm=args.stain_norm,
-                               adapt="adabn" if args.adapt else "none", tta=args.tta)
+                               adapt=args.adapt, tta=args.tta)
     frame = predict_files(predictor, args.paths, batch_size=args.batch_size, limits=InputLimits.from_params(),
-                          adapt=args.adapt)
+                          adapt=args.adapt != "none")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(predictions_csv(frame), encoding="utf-8")
