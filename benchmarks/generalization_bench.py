@@ -74,7 +74,8 @@ TRAININGS = {
 #: The recipes table (`--recipes SEED...`): name -> (training, stain_norm, adapt, tta); the names of
 #: src/wbc/core/recipes.yaml (`recipe: <name>`), the baseline being params.yaml's defaults.
 RECIPES = {
-    "other_labs": ("rbc+views+stain+long", "none", "adabn", True),
+    "other_labs": ("rbc+views+stain+long", "none", "balanced", True),
+    "other_labs with plain adabn": ("rbc+views+stain+long", "none", "adabn", True),
     "baseline": ("baseline", "none", "none", False),
     "rbc_stain": ("rbc+stain+long", "none", "adabn", True),
     "other_labs without test-time levers": ("rbc+views+stain+long", "none", "none", False),
@@ -207,7 +208,8 @@ def seed_summary(frame: pd.DataFrame, settings: list[str], seeds: list[int]) -> 
 RECIPE_LABELS = {
     "baseline": "baseline: resnet18, centre crop, 4 epochs",
     "rbc_stain": "recipe rbc_stain (previous): rbc crop + stain aug., 12 epochs, adabn + tta",
-    "other_labs": "recipe other_labs (new): + lab views (every crop path), adabn + tta",
+    "other_labs": "recipe other_labs (new): + lab views (every crop path), class-balanced adabn + tta",
+    "other_labs with plain adabn": "other_labs model, plain adabn + tta",
     "other_labs without test-time levers": "other_labs model, no adabn / tta",
     "other_labs with white balance": "other_labs trained with white balance (train.white_balance 0.3)",
     "other_labs with mixstyle": "other_labs trained with MixStyle (train.mixstyle 0.5)",

@@ -249,7 +249,7 @@ def test_a_recipe_sets_its_keys_on_top_of_the_params(tmp_path) -> None:
     out = apply_recipe(params)
     assert out["split"] == {"crop": "rbc", "seed": 7, "lab_views": True}
     assert out["train"]["epochs"] == 12 and out["train"]["lr"] == 0.01 and out["train"]["lab_view_prob"] == 0.5
-    assert out["evaluate"] == {"adapt": "adabn", "tta": True} and out["model"] == "resnet50"
+    assert out["evaluate"] == {"adapt": "balanced", "tta": True} and out["model"] == "resnet50"
     assert params["split"]["crop"] == "centre"                  # the input is not changed
     assert apply_recipe({"recipe": "none", "split": {"crop": "cell"}})["split"] == {"crop": "cell"}
     with pytest.raises(ConfigError, match="unknown recipe 'fast'.*other_labs"):
