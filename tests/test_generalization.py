@@ -358,7 +358,8 @@ def test_evaluate_refuses_a_checkpoint_of_another_crop(tmp_path: Path) -> None:
         evaluate_predictor(load_predictor(_checkpoint(tmp_path / "m.ckpt", packed)), packed, tmp_path / "ev")
 
 
-def test_predict_uses_the_checkpoint_crop_adapts_and_counts_fallbacks(tmp_path: Path) -> None:
+def test_predict_uses_the_checkpoint_crop_adapts_and_counts_fallbacks(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
     packed = _packed(tmp_path / "packed", {"train": 5, "val": 5, "test": 5})
     ckpt = _checkpoint(tmp_path / "m.ckpt", packed)
     lab = _lab_zip(tmp_path / "lab.zip")
@@ -367,6 +368,7 @@ def test_predict_uses_the_checkpoint_crop_adapts_and_counts_fallbacks(tmp_path: 
     plain = predict_files(load_predictor(ckpt), [lab])
     assert not np.allclose(frame["p_basophil"], plain["p_basophil"])   # adaptation + Reinhard changed the inputs
     assert main(["predict", str(lab), "--model", str(ckpt), "--adapt", "--out", str(tmp_path / "p.csv")]) == 0
+    assert "adapted to these 12 image(s): class-balanced AdaBN" in capsys.readouterr().out
     assert main(["predict", str(lab), "--model", str(ckpt), "--tta", "--out", str(tmp_path / "t.csv")]) == 0
     tta = pd.read_csv(tmp_path / "t.csv")
     assert len(tta) == 12 and not np.allclose(tta["p_basophil"], plain["p_basophil"])   # 8 views averaged

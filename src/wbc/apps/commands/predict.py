@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"unreadable: {row.path}: {row.error}", file=sys.stderr)
     read = len(frame) - len(bad)
     print(f"{read} image(s) predicted by {predictor.model_name}, {len(bad)} unreadable (listed in the `error` column) -> {out}")
+    if args.adapt != "none" and read and getattr(predictor, "kind", "") != "features":
+        print(f"adapted to these {read} image(s): " + ("class-balanced AdaBN" if args.adapt == "balanced" else "AdaBN"))
     if getattr(predictor, "crop", None) is not None and predictor.crop.mode != "centre" and read:
         paths = frame.attrs["crop_paths"]
         fell = frame.attrs["cell_crop_fallback"]
