@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+import wbc  # noqa: F401  (first: it pins the SIMD dispatch of NumPy, OpenCV, OpenBLAS; wbc.core.dispatch)
 import numpy as np
 import pandas as pd
 import torch
