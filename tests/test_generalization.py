@@ -448,6 +448,23 @@ def test_adabn_adapts_other_labs_sets_and_keeps_the_in_domain_test_split(tmp_pat
     assert adapted["setting"]["adapt"] == "adabn"
 
 
+def test_balanced_adabn_evaluates_other_labs_sets_like_the_recipe(tmp_path: Path) -> None:
+    """The recipe's `evaluate.adapt: balanced` runs end to end: the declared lab is adapted (its
+    predictions differ from plain AdaBN's probabilities), the in-domain test split is not."""
+    packed = _packed(tmp_path / "packed", {"train": 10, "val": 5, "test": 7})
+    ckpt = _checkpoint(tmp_path / "m.ckpt", packed)
+    lab = {"mylab": {"path": _lab_zip(tmp_path / "lab.zip"), "classes": {"baso": "basophil", "lym": "lymphocyte"}}}
+    bal = evaluate_predictor(load_predictor(ckpt, adapt="balanced"), packed, tmp_path / "b", external=lab)
+    plain = evaluate_predictor(load_predictor(ckpt, adapt="adabn"), packed, tmp_path / "a", external=lab)
+    assert bal["setting"]["adapt"] == "balanced" and bal["mylab"]["n"] == 11
+    assert bal["test"]["confusion_matrix"] == plain["test"]["confusion_matrix"]
+    x = np.stack([load_predictor(ckpt).prepare(Image.open(io.BytesIO(zipfile.ZipFile(lab["mylab"]["path"]).read(n))).convert("RGB"))
+                  for n in sorted(zipfile.ZipFile(lab["mylab"]["path"]).namelist()) if n.endswith(".png")])
+    p_bal = load_predictor(ckpt, adapt="balanced").adapted(x).predict(x)
+    p_plain = load_predictor(ckpt, adapt="adabn").adapted(x).predict(x)
+    assert p_bal.shape == p_plain.shape and not np.allclose(p_bal, p_plain)
+
+
 def test_tta_averages_the_eight_rotations_and_reflections(tmp_path: Path) -> None:
     """With tta the probabilities are the mean over the 8 dihedral views: invariant to rotating or
     mirroring the input, and equal to averaging the plain model's predictions of the 8 views."""
