@@ -9,7 +9,7 @@ from torch import nn
 
 from wbc.apps.cli import build_parser
 from wbc.dataset.pack import IMAGENET_MEAN, IMAGENET_STD
-from wbc.learn.adapt import class_balanced_rows
+from wbc.learn.adapt import adabn, class_balanced_rows
 from wbc.learn.packed import normalise
 from wbc.results.predictors import CnnPredictor, load_predictor
 
@@ -26,6 +26,20 @@ def test_balanced_rows_give_every_predicted_class_the_same_share() -> None:
     assert np.bincount(one, minlength=50).min() > 800
     with pytest.raises(ValueError, match="non-empty"):
         class_balanced_rows(np.array([], int), 10)
+
+
+def test_adabn_reads_a_resample_from_the_images_without_copying_it() -> None:
+    """`rows` (repeats allowed) gives the statistics of x[rows], read batch by batch from x."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    x = np.random.default_rng(1).integers(0, 256, (30, 3, 10, 10), dtype=np.uint8)
+    rows = class_balanced_rows(np.repeat([0, 1, 2], [20, 8, 2]), 60, seed=2)
+    copied = adabn(model, x[rows], IMAGENET_MEAN, IMAGENET_STD, batch_size=8)
+    read = adabn(model, x, IMAGENET_MEAN, IMAGENET_STD, batch_size=8, rows=rows)
+    assert torch.equal(copied[1].running_mean, read[1].running_mean)
+    assert torch.equal(copied[1].running_var, read[1].running_var)
+    whole = adabn(model, x, IMAGENET_MEAN, IMAGENET_STD, batch_size=8)
+    assert not torch.allclose(whole[1].running_mean, read[1].running_mean)
 
 
 def _toy(dark: int, bright: int) -> tuple[CnnPredictor, np.ndarray]:

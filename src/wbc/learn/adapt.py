@@ -47,11 +47,14 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 @torch.no_grad()
 def adabn(model: nn.Module, x: np.ndarray, mean: Sequence[float], std: Sequence[float], *,
-          batch_size: int = 64, device: torch.device | str = "cpu", seed: int = 0) -> nn.Module:
-    """A copy of `model` (eval mode) with BatchNorm running stats re-estimated on the images `x`."""
+          batch_size: int = 64, device: torch.device | str = "cpu", seed: int = 0,
+          rows: np.ndarray | None = None) -> nn.Module:
+    """A copy of `model` (eval mode) with BatchNorm running stats re-estimated on the images `x`, or on
+    the images `x[rows]` (indices, repeats allowed: a resample is read from `x`, never copied whole)."""
     adapted = copy.deepcopy(model).to(device)
     layers = batchnorm_layers(adapted)
-    if not layers or len(x) < 2:
+    rows = np.arange(len(x)) if rows is None else np.asarray(rows, dtype=np.int64)
+    if not layers or len(rows) < 2:
         return adapted.eval()
     sums: dict[int, list] = {id(bn): [0, 0.0, 0.0] for bn in layers}  # count, sum x, sum x^2 (float64)
 
@@ -68,13 +71,13 @@ def adabn(model: nn.Module, x: np.ndarray, mean: Sequence[float], std: Sequence[
         bn.train()  # each layer normalises with its batch statistics, as in training
     m = torch.tensor(mean, dtype=torch.float32, device=device)
     s = torch.tensor(std, dtype=torch.float32, device=device)
-    order = np.random.default_rng(seed).permutation(len(x))
+    order = rows[np.random.default_rng(seed).permutation(len(rows))]
     try:
-        for start in range(0, len(x), batch_size):
-            rows = np.sort(order[start:start + batch_size])
-            if len(rows) < 2:
+        for start in range(0, len(order), batch_size):
+            batch_rows = np.sort(order[start:start + batch_size])
+            if len(batch_rows) < 2:
                 break  # a single image gives no batch variance; it is left out
-            batch = np.require(x[rows], dtype=np.uint8, requirements=["C", "W"])
+            batch = np.require(x[batch_rows], dtype=np.uint8, requirements=["C", "W"])
             adapted(normalise(torch.from_numpy(batch).to(device), m, s))
     finally:
         for h in hooks:

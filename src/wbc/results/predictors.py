@@ -191,8 +191,8 @@ class CnnPredictor:
             first = CnnPredictor(model, self.meta, self.device, self.stain_norm, self.adapt, self.tta)
             labels = first.predict(x, batch_size=batch_size, desc=f"{self.model_name} classes to balance").argmax(axis=1)
             rows = class_balanced_rows(labels, BALANCED_DRAWS * len(x))
-            model = adabn(self.model, np.asarray(xs[rows]), self.meta["mean"], self.meta["std"],
-                          batch_size=batch_size, device=self.device)
+            model = adabn(self.model, xs, self.meta["mean"], self.meta["std"], batch_size=batch_size,
+                          device=self.device, rows=rows)
         return CnnPredictor(model, self.meta, self.device, self.stain_norm, self.adapt, self.tta)
 
     def set_inputs(self, set_name: str, packed_dir: Path, features_dir: Path | None) -> np.ndarray:
