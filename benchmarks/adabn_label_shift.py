@@ -16,7 +16,7 @@ Prints the mean accuracy (%) per mix and mode over draws and checkpoints, and wr
 table with `--out`. Example (LISC, the other_labs seeds of the generalization benchmark):
 
     python benchmarks/adabn_label_shift.py --set lisc=../shared/data/external/lisc/LISC_crops.zip \\
-        --model ../gen_out/models/resnet18-rbc+views+stain+long.ckpt ... --tta --out reports/adabn_label_shift.md
+        --model ../gen_out_ruler/models/resnet18-rbc+views+stain+long.ckpt ... --tta --out reports/adabn_label_shift.md
 """
 from __future__ import annotations
 

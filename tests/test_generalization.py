@@ -28,7 +28,7 @@ from wbc.cells.cellcrop import CropSpec, cell_box, crop_square
 from wbc.apps.cli import main
 from wbc.core.errors import ConfigError
 from wbc.results.evaluate import evaluate_predictor
-from wbc.dataset.external import class_folder, parse_specs
+from wbc.dataset.external import class_folder, load_external, parse_specs
 from wbc.results.generalization import collect, setting_label, write_report
 from wbc.learn.models import build_model, load_checkpoint, save_checkpoint
 from wbc.apps.predict import predict_files
@@ -458,8 +458,8 @@ def test_balanced_adabn_evaluates_other_labs_sets_like_the_recipe(tmp_path: Path
     plain = evaluate_predictor(load_predictor(ckpt, adapt="adabn"), packed, tmp_path / "a", external=lab)
     assert bal["setting"]["adapt"] == "balanced" and bal["mylab"]["n"] == 11
     assert bal["test"]["confusion_matrix"] == plain["test"]["confusion_matrix"]
-    x = np.stack([load_predictor(ckpt).prepare(Image.open(io.BytesIO(zipfile.ZipFile(lab["mylab"]["path"]).read(n))).convert("RGB"))
-                  for n in sorted(zipfile.ZipFile(lab["mylab"]["path"]).namelist()) if n.endswith(".png")])
+    plain_predictor = load_predictor(ckpt)
+    x = load_external("mylab", lab["mylab"], plain_predictor, plain_predictor.classes).x
     p_bal = load_predictor(ckpt, adapt="balanced").adapted(x).predict(x)
     p_plain = load_predictor(ckpt, adapt="adabn").adapted(x).predict(x)
     assert p_bal.shape == p_plain.shape and not np.allclose(p_bal, p_plain)
